@@ -1,0 +1,146 @@
+"""The config schema, its validation, and the run grid of a sweep.
+
+``default_config()`` is the schema: every config file starts from it, and a key it
+does not know is a typo. A sweep's runs are the product of its ``sweep`` lists.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import ml_collections
+import numpy as np
+
+from grokjax import data
+from grokjax.errors import UserError
+
+# sweep list -> the run field it sets (and the config value used when the list is empty)
+SWEEP_AXES = {
+    "train_fracs": ("train_frac", None),
+    "lr": ("lr", "optim.lr"),
+    "weight_decay": ("weight_decay", "optim.weight_decay"),
+    "split_seeds": ("split_seed", None),  # empty: each run splits with its own seed
+    "seeds": ("seed", None),
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The paper's setting: div mod 97, 1e5 steps, fractions 0.1..0.9, 3 seeds."""
+  c = ml_collections.ConfigDict()
+  c.name = "div"  # names the default workdir runs/<name>-<timestamp>
+  c.op = "div"
+  c.p = 97
+  c.steps = 100_000
+  c.eval_every = 100
+  c.eval_schedule = "linear"  # or "log": eval_points log-spaced steps
+  c.eval_points = 200
+  c.batch_size = 512  # the cap: each run uses min(batch_size, N_train // 2)
+  c.eval_batch = 4096  # table rows per evaluation block (memory, not math)
+  c.threshold = 0.99  # summary: first step with accuracy >= threshold
+  c.checkpoint_every = 10_000  # steps between Orbax checkpoints (and one at the end)
+  c.checkpoint_keep = 3  # how many checkpoints to keep
+  c.model = ml_collections.ConfigDict(
+      dict(name="transformer", num_layers=2, width=128, num_heads=4))
+  c.optim = ml_collections.ConfigDict(
+      dict(lr=1e-3, weight_decay=1.0, b1=0.9, b2=0.98, warmup_steps=10))
+  c.sweep = ml_collections.ConfigDict(dict(
+      seeds=(0, 1, 2),
+      train_fracs=tuple(round(0.1 * i, 1) for i in range(1, 10)),
+      split_seeds=(),
+      lr=(),
+      weight_decay=(),
+  ))
+  return c
+
+
+def _check_keys(cfg, schema, prefix=""):
+  for key in cfg.keys():
+    if key not in schema:
+      raise UserError(f"unknown config key {prefix + key!r}; valid keys here: "
+                      f"{', '.join(sorted(schema.keys()))}")
+    if isinstance(schema[key], ml_collections.ConfigDict):
+      _check_keys(cfg[key], schema[key], prefix + key + ".")
+
+
+def _positive_int(cfg, key):
+  value = cfg
+  for part in key.split("."):
+    value = value[part]
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise UserError(f"{key}={value!r} must be a positive integer; "
+                    f"fix it with --config.{key}=N")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every field a user can get wrong; returns cfg with canonical names."""
+  _check_keys(cfg, default_config())
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg.op = data.canonical_op(cfg.op)
+  data.num_elements(cfg.op, cfg.p)
+  for key in ("steps", "eval_every", "eval_points", "batch_size", "eval_batch",
+              "checkpoint_every", "checkpoint_keep",
+              "model.num_layers", "model.width", "model.num_heads"):
+    _positive_int(cfg, key)
+  if cfg.eval_schedule not in ("linear", "log"):
+    raise UserError(f"eval_schedule={cfg.eval_schedule!r}; choose 'linear' or 'log'")
+  if not 0 < cfg.threshold <= 1:
+    raise UserError(f"threshold={cfg.threshold!r} must be in (0, 1]")
+  if cfg.optim.warmup_steps < 0:
+    raise UserError(f"optim.warmup_steps={cfg.optim.warmup_steps} must be >= 0")
+  for name in cfg.sweep.keys():
+    if name not in SWEEP_AXES:
+      raise UserError(f"unknown sweep axis {name!r}; choose from {', '.join(SWEEP_AXES)}")
+    values = cfg.sweep[name]
+    cfg.sweep[name] = tuple(values) if isinstance(values, (tuple, list)) else (values,)
+  for name in ("seeds", "train_fracs"):
+    if not cfg.sweep[name]:
+      raise UserError(f"sweep.{name} is empty; give at least one value, "
+                      f"e.g. --config.sweep.{name}=0.5")
+  for f in cfg.sweep.train_fracs:
+    data.check_train_frac(f)
+  for name in ("seeds", "split_seeds"):
+    for s in cfg.sweep[name]:
+      if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+        raise UserError(f"sweep.{name} holds {s!r}; seeds are integers >= 0")
+  for lr in cfg.sweep.lr or (cfg.optim.lr,):
+    if not lr > 0:
+      raise UserError(f"learning rate {lr!r} must be > 0")
+  for wd in cfg.sweep.weight_decay or (cfg.optim.weight_decay,):
+    if not wd >= 0:
+      raise UserError(f"weight decay {wd!r} must be >= 0")
+  return cfg
+
+
+def run_grid(cfg: ml_collections.ConfigDict) -> list[dict]:
+  """One dict per run: index, op, p and the value of every sweep axis.
+
+  The order is the product of the axes in ``SWEEP_AXES`` order, seeds fastest.
+  """
+  axes = []
+  for name, (field, fallback) in SWEEP_AXES.items():
+    values = cfg.sweep[name]
+    if not values and fallback:
+      section, key = fallback.split(".")
+      values = (cfg[section][key],)
+    axes.append((field, values or (None,)))
+  runs = []
+  for i, combo in enumerate(itertools.product(*(v for _, v in axes))):
+    run = dict(index=i, op=cfg.op, p=cfg.p, **{f: v for (f, _), v in zip(axes, combo)})
+    if run["split_seed"] is None:
+      run["split_seed"] = run["seed"]
+    runs.append(run)
+  return runs
+
+
+def eval_steps(cfg: ml_collections.ConfigDict) -> list[int]:
+  """Steps after which every run is evaluated: 0, ..., cfg.steps."""
+  if cfg.eval_schedule == "log":
+    points = np.geomspace(1, cfg.steps, cfg.eval_points).round().astype(int)
+  else:
+    points = range(cfg.eval_every, cfg.steps + cfg.eval_every, cfg.eval_every)
+  return sorted({0, cfg.steps, *(min(int(s), cfg.steps) for s in points)})
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> str:
+  return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)

@@ -1,0 +1,169 @@
+"""A sweep: config -> run grid -> one batched, sharded training loop -> run directory.
+
+Run directory (one per sweep): config.json, runs.json, splits.npz (the table and
+every run's train mask), metrics.msgpack, checkpoints/, summary.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from grokjax import analysis, checkpoint, config as config_lib, data, logs, train
+from grokjax.errors import UserError
+from grokjax.model import make_model
+
+# Config keys a --reconfigure may change in an existing workdir: they change how far
+# and how often, never what a run is.
+RECONFIGURABLE = {"name", "steps", "eval_every", "eval_schedule", "eval_points", "eval_batch",
+                  "threshold", "checkpoint_every", "checkpoint_keep"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """Everything host-side a sweep trains from."""
+
+  cfg: object
+  runs: list[dict]
+  table: data.Table
+  train_masks: np.ndarray  # bool [K, N]
+  batch_sizes: np.ndarray  # int [K]
+
+  @property
+  def batch(self) -> int:
+    """The static batch size: the largest run's."""
+    return int(self.batch_sizes.max())
+
+  def swept(self) -> list[str]:
+    """Run fields that take more than one value."""
+    return [f for f, _ in config_lib.SWEEP_AXES.values()
+            if len({r[f] for r in self.runs}) > 1]
+
+
+def build(cfg) -> Sweep:
+  """Validates cfg and builds the table, the runs and their splits."""
+  cfg = config_lib.validate(cfg)
+  runs = config_lib.run_grid(cfg)
+  table = data.make_table(cfg.op, cfg.p)
+  n = len(table.labels)
+  masks = np.stack([data.split_mask(n, r["train_frac"], r["split_seed"]) for r in runs])
+  batch_sizes = np.maximum(np.minimum(cfg.batch_size, masks.sum(1) // 2), 1)
+  return Sweep(cfg, runs, table, masks, batch_sizes)
+
+
+def run_arrays(sweep: Sweep, multiple: int = 1) -> train.Run:
+  """The runs as stacked arrays, padded with copies of the last run to a multiple
+  of ``multiple`` (the device count)."""
+  k = len(sweep.runs)
+  idx = np.minimum(np.arange(-(-k // multiple) * multiple), k - 1)
+  col = lambda f, dtype: np.asarray([sweep.runs[i][f] for i in idx], dtype)
+  return train.Run(seed=col("seed", np.int32), train_mask=sweep.train_masks[idx],
+                   batch_size=sweep.batch_sizes[idx].astype(np.int32),
+                   lr=col("lr", np.float32), weight_decay=col("weight_decay", np.float32))
+
+
+def default_workdir(cfg) -> Path:
+  return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _prepare_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
+  """Writes config.json, runs.json and splits.npz, or checks an existing sweep's."""
+  new = json.loads(config_lib.to_json(sweep.cfg))
+  config_path = workdir / "config.json"
+  if config_path.exists():
+    old = json.loads(config_path.read_text())
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed and not (reconfigure and set(changed) <= RECONFIGURABLE):
+      hint = ("only " + ", ".join(sorted(RECONFIGURABLE)) + " may change"
+              if reconfigure else "pass --reconfigure to continue it with new steps/eval settings")
+      raise UserError(f"workdir {workdir} holds a different sweep (changed: {', '.join(changed)}); "
+                      f"use another --workdir, or {hint}")
+  elif workdir.exists() and any(workdir.iterdir()):
+    raise UserError(f"workdir {workdir} is not empty and holds no grokjax sweep; "
+                    "choose a new or empty --workdir")
+  workdir.mkdir(parents=True, exist_ok=True)
+  if not (workdir / "splits.npz").exists():
+    np.savez_compressed(workdir / "splits.npz", inputs=sweep.table.inputs,
+                        labels=sweep.table.labels, train_masks=sweep.train_masks)
+  logs.write_json_atomic(workdir / "runs.json", sweep.runs)
+  logs.write_json_atomic(config_path, config_lib.to_json(sweep.cfg))
+
+
+def _record(step: int, metrics: dict, k: int) -> dict:
+  host = jax.device_get(metrics)
+  return {"step": int(step), **{name: [float(x) for x in host[name][:k]] for name in train.METRICS}}
+
+
+def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = True) -> Path:
+  """Trains every run of the sweep ``cfg`` in one program; resumes from the last
+  checkpoint in ``workdir``. Returns the run directory."""
+  sweep = build(cfg)
+  cfg = sweep.cfg
+  workdir = Path(workdir) if workdir else default_workdir(cfg)
+  _prepare_workdir(workdir, sweep, reconfigure)
+
+  k = len(sweep.runs)
+  mesh = jax.make_mesh((jax.device_count(),), ("runs",), axis_types=(AxisType.Auto,))
+  runs = jax.device_put(run_arrays(sweep, jax.device_count()), NamedSharding(mesh, P("runs")))
+  table = jax.device_put(train.Table(sweep.table.inputs, sweep.table.labels),
+                         NamedSharding(mesh, P()))
+  model = make_model(cfg.model, sweep.table.vocab_size, sweep.table.n)
+  init, chunk = train.make_sweep_fns(model, cfg.optim, sweep.batch, cfg.eval_batch)
+
+  mngr = checkpoint.manager(workdir, cfg.checkpoint_keep)
+  states = init(table, runs)
+  restored = checkpoint.restore(mngr, states)
+  start = 0
+  if restored:
+    states, meta = restored
+    start = int(meta["step"])
+  logs.truncate_metrics(workdir / "metrics.msgpack", start if restored else -1)
+  points = [s for s in config_lib.eval_steps(cfg) if s > start or (s == 0 and not restored)]
+  if not points:
+    print(f"sweep in {workdir} is finished ({start} steps); nothing to do")
+  bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress or not points,
+             desc=f"{cfg.op} mod {cfg.p}, {k} runs")
+
+  writer = logs.MetricWriter(workdir / "metrics.msgpack")
+  pending, prev = None, start
+
+  def flush():
+    record = _record(*pending, k)
+    writer.write(record)
+    bar.update(record["step"] - bar.n)
+    bar.set_postfix(train_acc=f"{np.median(record['train_acc']):.3f}",
+                    val_acc=f"{np.median(record['val_acc']):.3f}", refresh=False)
+
+  for step in points:
+    # Dispatch the next chunk before fetching the last one's metrics, so the
+    # device never waits on logging.
+    states, metrics = chunk(table, runs, states, step - prev)
+    if pending:
+      flush()
+    pending = (step, metrics)
+    if step == cfg.steps or step // cfg.checkpoint_every > prev // cfg.checkpoint_every:
+      flush()
+      pending = None
+      checkpoint.save(mngr, step, states, {"step": step})
+    prev = step
+  if pending:
+    flush()
+  writer.close()
+  bar.close()
+  mngr.wait_until_finished()
+  mngr.close()
+
+  summary = analysis.summarize(logs.read_metrics(workdir / "metrics.msgpack"), sweep.runs,
+                               cfg.threshold)
+  logs.write_json_atomic(workdir / "summary.json", summary)
+  if points and progress:
+    print(analysis.table(summary, sweep.runs, sweep.swept()))
+    print(f"run directory: {workdir}")
+  return workdir

@@ -1,0 +1,152 @@
+"""Pure training: state init, train step, full-table evaluation, chunked loops.
+
+Everything here is written for ONE run and made batched with ``jax.vmap``: a sweep
+is K runs sharing one table, each with its own parameters, optimizer state,
+hyperparameters and train mask over the full table. A smaller train set is a
+masked batch of the static size, so train fractions never cause a recompile.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from grokjax import optim
+
+
+class Run(NamedTuple):
+  """Per-run constants (stacked on a leading run axis for a sweep)."""
+
+  seed: jax.Array  # int32: model init and batch order
+  train_mask: jax.Array  # bool [N]: which table rows are the run's training data
+  batch_size: jax.Array  # int32: this run's batch, <= the static batch size
+  lr: jax.Array  # float32
+  weight_decay: jax.Array  # float32
+
+
+class TrainState(NamedTuple):
+  params: Any
+  opt_state: Any
+  step: jax.Array  # int32: updates taken
+
+
+class Table(NamedTuple):
+  """A table on device: ``inputs [N, 4]``, ``labels [N]`` (shared by every run)."""
+
+  inputs: jax.Array
+  labels: jax.Array
+
+
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
+
+
+def _keys(seed):
+  """(init key, batch-order key) of a run, both derived from its seed."""
+  key = jax.random.key(seed)
+  return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+
+
+def init_state(model, optim_cfg, table: Table, run: Run) -> TrainState:
+  """Fresh parameters and optimizer state of one run."""
+  init_key, _ = _keys(run.seed)
+  params = model.init(init_key, table.inputs[:1])["params"]
+  tx = optim.make_optimizer(optim_cfg, lr=run.lr, weight_decay=run.weight_decay)
+  return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def per_example(model, params, inputs, labels):
+  """Cross-entropy and correctness of the answer token, per example."""
+  logits = model.apply({"params": params}, inputs)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return loss, (logits.argmax(-1) == labels)
+
+
+def batch_indices(run: Run, step, batch: int):
+  """Table rows and weights of one run's batch at ``step``.
+
+  Epochs over the run's train set: each epoch is a fresh permutation (a function of
+  the seed and the epoch, so nothing is stored), cut into ``run.batch_size`` rows a
+  step, the remainder dropped. The static ``batch`` rows are weighted 1 for the
+  first ``run.batch_size`` and 0 after.
+  """
+  n = run.train_mask.shape[0]
+  n_train = run.train_mask.sum()
+  steps_per_epoch = jnp.maximum(n_train // run.batch_size, 1)
+  epoch, k = jnp.divmod(step, steps_per_epoch)
+  _, order_key = _keys(run.seed)
+  noise = jax.random.uniform(jax.random.fold_in(order_key, epoch), (n,))
+  order = jnp.argsort(jnp.where(run.train_mask, noise, 2.0))  # train rows first
+  slots = jnp.arange(batch)
+  rows = order[(k * run.batch_size + slots) % n]
+  return rows, (slots < run.batch_size).astype(jnp.float32)
+
+
+def train_step(model, optim_cfg, batch: int, table: Table, run: Run, state: TrainState):
+  """One AdamW update of one run on its next batch."""
+  rows, weights = batch_indices(run, state.step, batch)
+
+  def loss_fn(params):
+    loss, _ = per_example(model, params, table.inputs[rows], table.labels[rows])
+    return (loss * weights).sum() / weights.sum()
+
+  grads = jax.grad(loss_fn)(state.params)
+  tx = optim.make_optimizer(optim_cfg)  # hyperparameters come from the state
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1)
+
+
+def evaluate(model, eval_batch: int, table: Table, run: Run, params) -> dict:
+  """Loss and accuracy on the run's full train and val sets, and the weight norm.
+
+  One forward pass over the whole table serves both sets; it runs in blocks of
+  ``eval_batch`` rows to bound memory.
+  """
+  n = table.labels.shape[0]
+  blocks = -(-n // eval_batch)
+  pad = blocks * eval_batch - n
+  inputs = jnp.pad(table.inputs, ((0, pad), (0, 0))).reshape(blocks, eval_batch, -1)
+  labels = jnp.pad(table.labels, (0, pad)).reshape(blocks, eval_batch)
+  loss, correct = jax.lax.map(lambda b: per_example(model, params, *b), (inputs, labels))
+  loss, correct = loss.reshape(-1)[:n], correct.reshape(-1)[:n]
+
+  def mean(x, mask):
+    return jnp.where(mask, x, 0).sum() / jnp.maximum(mask.sum(), 1)
+
+  train, val = run.train_mask, ~run.train_mask
+  return dict(
+      train_loss=mean(loss, train),
+      train_acc=mean(correct, train),
+      val_loss=mean(loss, val),
+      val_acc=mean(correct, val),
+      param_norm=optax.tree.norm(params),
+  )
+
+
+def make_chunk_fn(model, optim_cfg, batch: int, eval_batch: int):
+  """``chunk(table, run, state, n_steps) -> (state, metrics)`` for ONE run.
+
+  Takes ``n_steps`` updates (a traced count: any chunk length, one compilation)
+  and then evaluates. Vmap it over runs; see ``make_sweep_fns``.
+  """
+
+  def chunk(table, run, state, n_steps):
+    step = lambda _, s: train_step(model, optim_cfg, batch, table, run, s)
+    state = jax.lax.fori_loop(0, n_steps, step, state)
+    return state, evaluate(model, eval_batch, table, run, state.params)
+
+  return chunk
+
+
+def make_sweep_fns(model, optim_cfg, batch: int, eval_batch: int):
+  """Jitted (init, chunk) over a leading run axis.
+
+  ``init(table, runs) -> states``; ``chunk(table, runs, states, n_steps) ->
+  (states, metrics)`` with each metric a [K] array. ``states`` is donated.
+  """
+  init = jax.jit(jax.vmap(lambda t, r: init_state(model, optim_cfg, t, r), (None, 0)))
+  chunk = make_chunk_fn(model, optim_cfg, batch, eval_batch)
+  chunk = jax.jit(jax.vmap(chunk, (None, 0, 0, None)), donate_argnums=2)
+  return init, chunk
