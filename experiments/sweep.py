@@ -11,17 +11,19 @@ from ml_collections import config_flags
 from grokjax import cli, sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file, e.g. configs/div.py.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<name>-<timestamp>); "
-                               "an existing one is resumed.")
-_RECONFIGURE = flags.DEFINE_bool("reconfigure", False, "Continue a sweep in --workdir with "
-                                 "changed steps/eval/checkpoint settings.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory (default runs/<name>-<timestamp>); an existing one is resumed."
+)
+_RECONFIGURE = flags.DEFINE_bool(
+  "reconfigure", False, "Continue a sweep in --workdir with changed steps/eval/checkpoint settings."
+)
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments {argv[1:]}; flags look like --config.steps=1000")
-  sweep.run_sweep(_CONFIG.value, _WORKDIR.value, reconfigure=_RECONFIGURE.value)
+  sweep.run_sweep(cli.config(_CONFIG), _WORKDIR.value, reconfigure=_RECONFIGURE.value)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ def manager(workdir, keep: int = 3) -> ocp.CheckpointManager:
 
 def save(mngr: ocp.CheckpointManager, step: int, states, meta: dict) -> None:
   """Starts saving ``states`` at ``step``; returns once the arrays are copied off."""
-  mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave(meta)))
+  mngr.save(
+    step, args=ocp.args.Composite(state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave(meta))
+  )
 
 
 def restore(mngr: ocp.CheckpointManager, like, step: int | None = None):
@@ -32,6 +33,8 @@ def restore(mngr: ocp.CheckpointManager, like, step: int | None = None):
   if step is None:
     return None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  out = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  out = mngr.restore(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
+  )
   return out.state, out.meta

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from grokjax.errors import UserError
 
@@ -22,17 +22,45 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (flags.Error, UserError) as e:
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    message = str(e) or type(e).__name__
+    if "Traceback" in message:  # config_flags quotes an error of get_config(): keep its last line
+      message = message.strip().splitlines()[-1].removeprefix(f"{UserError.__module__}.UserError: ")
+    _fail(" ".join(message.split()))
   except (OSError, SyntaxError, ImportError, AttributeError, TypeError, ValueError) as e:
     # config_flags loads the config file while parsing: a missing or broken file.
-    _fail(f"cannot load the config ({type(e).__name__}: {str(e).splitlines()[0]}); "
-          "check the --config path and the file's get_config()")
+    _fail(
+      f"cannot load the config ({type(e).__name__}: {str(e).splitlines()[0]}); "
+      "check the --config path and the file's get_config()"
+    )
+
+
+def config(holder):
+  """The value of a ``config_flags`` flag; a missing or broken file is a UserError.
+
+  (config_flags defers a load failure to the config's first use.)
+  """
+  cfg = holder.value
+  try:
+    cfg.keys()
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+    raise UserError(
+      f"cannot load --config {flags.FLAGS[holder.name].config_filename}: {reason}; check the path"
+    ) from None
+  except AttributeError:
+    raise UserError(
+      f"--config {flags.FLAGS[holder.name].config_filename}: get_config() returned "
+      f"a {type(cfg).__name__}, not a ConfigDict"
+    ) from None
+  return cfg
 
 
 def run(main) -> None:
   """``absl.app.run`` with user errors reported in one line and exit status 2."""
 
   def guarded(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     try:
       return main(argv)
     except UserError as e:

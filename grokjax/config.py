@@ -17,11 +17,11 @@ from grokjax.errors import UserError
 
 # sweep list -> the run field it sets (and the config value used when the list is empty)
 SWEEP_AXES = {
-    "train_fracs": ("train_frac", None),
-    "lr": ("lr", "optim.lr"),
-    "weight_decay": ("weight_decay", "optim.weight_decay"),
-    "split_seeds": ("split_seed", None),  # empty: each run splits with its own seed
-    "seeds": ("seed", None),
+  "train_fracs": ("train_frac", None),
+  "lr": ("lr", "optim.lr"),
+  "weight_decay": ("weight_decay", "optim.weight_decay"),
+  "split_seeds": ("split_seed", None),  # empty: each run splits with its own seed
+  "seeds": ("seed", None),
 }
 
 
@@ -41,24 +41,29 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 10_000  # steps between Orbax checkpoints (and one at the end)
   c.checkpoint_keep = 3  # how many checkpoints to keep
   c.model = ml_collections.ConfigDict(
-      dict(name="transformer", num_layers=2, width=128, num_heads=4))
+    dict(name="transformer", num_layers=2, width=128, num_heads=4)
+  )
   c.optim = ml_collections.ConfigDict(
-      dict(lr=1e-3, weight_decay=1.0, b1=0.9, b2=0.98, warmup_steps=10))
-  c.sweep = ml_collections.ConfigDict(dict(
+    dict(lr=1e-3, weight_decay=1.0, b1=0.9, b2=0.98, warmup_steps=10)
+  )
+  c.sweep = ml_collections.ConfigDict(
+    dict(
       seeds=(0, 1, 2),
       train_fracs=tuple(round(0.1 * i, 1) for i in range(1, 10)),
       split_seeds=(),
       lr=(),
       weight_decay=(),
-  ))
+    )
+  )
   return c
 
 
 def _check_keys(cfg, schema, prefix=""):
   for key in cfg.keys():
     if key not in schema:
-      raise UserError(f"unknown config key {prefix + key!r}; valid keys here: "
-                      f"{', '.join(sorted(schema.keys()))}")
+      raise UserError(
+        f"unknown config key {prefix + key!r}; valid keys here: {', '.join(sorted(schema.keys()))}"
+      )
     if isinstance(schema[key], ml_collections.ConfigDict):
       _check_keys(cfg[key], schema[key], prefix + key + ".")
 
@@ -68,19 +73,32 @@ def _positive_int(cfg, key):
   for part in key.split("."):
     value = value[part]
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise UserError(f"{key}={value!r} must be a positive integer; "
-                    f"fix it with --config.{key}=N")
+    raise UserError(f"{key}={value!r} must be a positive integer; fix it with --config.{key}=N")
 
 
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every field a user can get wrong; returns cfg with canonical names."""
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise UserError(
+      f"get_config() returned a {type(cfg).__name__}, not a ConfigDict; "
+      "start from grokjax.config.default_config()"
+    )
   _check_keys(cfg, default_config())
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   cfg.op = data.canonical_op(cfg.op)
   data.num_elements(cfg.op, cfg.p)
-  for key in ("steps", "eval_every", "eval_points", "batch_size", "eval_batch",
-              "checkpoint_every", "checkpoint_keep",
-              "model.num_layers", "model.width", "model.num_heads"):
+  for key in (
+    "steps",
+    "eval_every",
+    "eval_points",
+    "batch_size",
+    "eval_batch",
+    "checkpoint_every",
+    "checkpoint_keep",
+    "model.num_layers",
+    "model.width",
+    "model.num_heads",
+  ):
     _positive_int(cfg, key)
   if cfg.eval_schedule not in ("linear", "log"):
     raise UserError(f"eval_schedule={cfg.eval_schedule!r}; choose 'linear' or 'log'")
@@ -92,16 +110,25 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if name not in SWEEP_AXES:
       raise UserError(f"unknown sweep axis {name!r}; choose from {', '.join(SWEEP_AXES)}")
     values = cfg.sweep[name]
-    cfg.sweep[name] = tuple(values) if isinstance(values, (tuple, list)) else (values,)
+    values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
+    kind = int if "seeds" in name else float
+    for v in values:
+      if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
+        raise UserError(
+          f"sweep.{name} holds {v!r}, not {'an integer' if kind is int else 'a number'}; "
+          f"write e.g. --config.sweep.{name}={'0,1,2' if kind is int else '0.3,0.5'}"
+        )
+    cfg.sweep[name] = tuple(kind(v) for v in values)
   for name in ("seeds", "train_fracs"):
     if not cfg.sweep[name]:
-      raise UserError(f"sweep.{name} is empty; give at least one value, "
-                      f"e.g. --config.sweep.{name}=0.5")
+      raise UserError(
+        f"sweep.{name} is empty; give at least one value, e.g. --config.sweep.{name}=0.5"
+      )
   for f in cfg.sweep.train_fracs:
     data.check_train_frac(f)
   for name in ("seeds", "split_seeds"):
     for s in cfg.sweep[name]:
-      if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+      if s < 0:
         raise UserError(f"sweep.{name} holds {s!r}; seeds are integers >= 0")
   for lr in cfg.sweep.lr or (cfg.optim.lr,):
     if not lr > 0:

@@ -10,7 +10,8 @@ tables of different operations over the same elements share one vocabulary.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,30 +36,30 @@ def pow_mod(base, exp, p):
 
 # name -> (formula on int64 arrays, needs a field (prime p), y may be 0)
 _MODULAR: dict[str, tuple[Callable, bool, bool]] = {
-    "add": (lambda x, y, p: x + y, False, True),
-    "sub": (lambda x, y, p: x - y, False, True),
-    "mul": (lambda x, y, p: x * y, False, True),
-    "div": (lambda x, y, p: x * _inv(y, p), True, False),
-    "div_odd_sub": (lambda x, y, p: np.where(y % 2 == 1, x * _inv(y, p), x - y), True, False),
-    "sq_sum": (lambda x, y, p: x**2 + y**2, False, True),
-    "quad": (lambda x, y, p: x**2 + x * y + y**2, False, True),
-    "quad_x": (lambda x, y, p: x**2 + x * y + y**2 + x, False, True),
-    "cubic": (lambda x, y, p: x**3 + x * y, False, True),
-    "cubic2": (lambda x, y, p: x**3 + x * y**2 + y, False, True),
+  "add": (lambda x, y, p: x + y, False, True),
+  "sub": (lambda x, y, p: x - y, False, True),
+  "mul": (lambda x, y, p: x * y, False, True),
+  "div": (lambda x, y, p: x * _inv(y, p), True, False),
+  "div_odd_sub": (lambda x, y, p: np.where(y % 2 == 1, x * _inv(y, p), x - y), True, False),
+  "sq_sum": (lambda x, y, p: x**2 + y**2, False, True),
+  "quad": (lambda x, y, p: x**2 + x * y + y**2, False, True),
+  "quad_x": (lambda x, y, p: x**2 + x * y + y**2 + x, False, True),
+  "cubic": (lambda x, y, p: x**3 + x * y, False, True),
+  "cubic2": (lambda x, y, p: x**3 + x * y**2 + y, False, True),
 }
 # x∘y applies y first, then x: (x∘y)[i] = x[y[i]].
 _S5: dict[str, Callable] = {
-    "s5": lambda x, y, inv: (x, y),
-    "s5_conj": lambda x, y, inv: (x, y, inv[x]),
-    "s5_aba": lambda x, y, inv: (x, y, x),
+  "s5": lambda x, y, inv: (x, y),
+  "s5_conj": lambda x, y, inv: (x, y, inv[x]),
+  "s5_aba": lambda x, y, inv: (x, y, x),
 }
 OPS: tuple[str, ...] = tuple(_MODULAR) + tuple(_S5)
 ALIASES = {
-    "addition": "add",
-    "subtraction": "sub",
-    "multiplication": "mul",
-    "division": "div",
-    "cubic_polynomial": "cubic",
+  "addition": "add",
+  "subtraction": "sub",
+  "multiplication": "mul",
+  "division": "div",
+  "cubic_polynomial": "cubic",
 }
 S5_ORDER = 120
 
@@ -76,8 +77,9 @@ def canonical_op(op: str) -> str:
   """The canonical name of an operation or alias; a UserError for unknown names."""
   name = ALIASES.get(op, op)
   if name not in OPS:
-    raise UserError(f"unknown op {op!r}; choose one of: {', '.join(OPS)} "
-                    f"(aliases: {', '.join(ALIASES)})")
+    raise UserError(
+      f"unknown op {op!r}; choose one of: {', '.join(OPS)} (aliases: {', '.join(ALIASES)})"
+    )
   return name
 
 
@@ -93,8 +95,7 @@ def num_elements(op: str, p: int) -> int:
   if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 2:
     raise UserError(f"p={p!r} is not a modulus; set p to an integer >= 2 (the paper uses 97)")
   if _MODULAR[op][1] and not is_prime(p):
-    raise UserError(f"op {op!r} divides, so p must be prime but p={p}; "
-                    "use a prime such as 97")
+    raise UserError(f"op {op!r} divides, so p must be prime but p={p}; use a prime such as 97")
   return int(p)
 
 
@@ -165,5 +166,7 @@ def split_mask(num_examples: int, train_frac: float, seed: int) -> np.ndarray:
 
 def check_train_frac(train_frac: float) -> None:
   if not 0 < train_frac < 1:
-    raise UserError(f"train fraction {train_frac!r} is outside (0, 1); "
-                    "use e.g. --config.sweep.train_fracs=0.3,0.5")
+    raise UserError(
+      f"train fraction {train_frac!r} is outside (0, 1); "
+      "use e.g. --config.sweep.train_fracs=0.3,0.5"
+    )

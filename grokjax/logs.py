@@ -22,8 +22,12 @@ def _records(raw: bytes):
   try:
     for record in unpacker:
       out.append((record, unpacker.tell()))
-  except (msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
-          msgpack.exceptions.StackError, ValueError):
+  except (
+    msgpack.exceptions.ExtraData,
+    msgpack.exceptions.FormatError,
+    msgpack.exceptions.StackError,
+    ValueError,
+  ):
     pass  # a corrupt tail: keep what came before
   return out
 

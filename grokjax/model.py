@@ -84,8 +84,11 @@ def make_model(model_cfg, vocab_size: int, num_classes: int) -> nn.Module:
   """The model a config names (``model.name``), for one vocabulary."""
   if model_cfg.name == "transformer":
     if model_cfg.width % model_cfg.num_heads:
-      raise UserError(f"model.width={model_cfg.width} is not divisible by "
-                      f"model.num_heads={model_cfg.num_heads}; pick a width that is")
-    return Transformer(vocab_size, num_classes, model_cfg.num_layers, model_cfg.width,
-                       model_cfg.num_heads)
+      raise UserError(
+        f"model.width={model_cfg.width} is not divisible by "
+        f"model.num_heads={model_cfg.num_heads}; pick a width that is"
+      )
+    return Transformer(
+      vocab_size, num_classes, model_cfg.num_layers, model_cfg.width, model_cfg.num_heads
+    )
   raise UserError(f"unknown model.name {model_cfg.name!r}; choose one of: transformer")

@@ -24,9 +24,9 @@ def make_optimizer(optim_cfg, lr=None, weight_decay=None) -> optax.GradientTrans
   hyperparameters from the state, so any instance updates any run's state.
   """
   adamw = optax.inject_hyperparams(optax.adamw)(
-      learning_rate=optim_cfg.lr if lr is None else lr,
-      b1=optim_cfg.b1,
-      b2=optim_cfg.b2,
-      weight_decay=optim_cfg.weight_decay if weight_decay is None else weight_decay,
+    learning_rate=optim_cfg.lr if lr is None else lr,
+    b1=optim_cfg.b1,
+    b2=optim_cfg.b2,
+    weight_decay=optim_cfg.weight_decay if weight_decay is None else weight_decay,
   )
   return optax.chain(adamw, optax.scale_by_schedule(warmup(optim_cfg.warmup_steps)))

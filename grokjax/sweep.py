@@ -13,17 +13,28 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from grokjax import analysis, checkpoint, config as config_lib, data, logs, train
+from grokjax import analysis, checkpoint, data, logs, train
+from grokjax import config as config_lib
 from grokjax.errors import UserError
 from grokjax.model import make_model
 
 # Config keys a --reconfigure may change in an existing workdir: they change how far
 # and how often, never what a run is.
-RECONFIGURABLE = {"name", "steps", "eval_every", "eval_schedule", "eval_points", "eval_batch",
-                  "threshold", "checkpoint_every", "checkpoint_keep"}
+RECONFIGURABLE = {
+  "name",
+  "steps",
+  "eval_every",
+  "eval_schedule",
+  "eval_points",
+  "eval_batch",
+  "threshold",
+  "checkpoint_every",
+  "checkpoint_keep",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +46,7 @@ class Sweep:
   table: data.Table
   train_masks: np.ndarray  # bool [K, N]
   batch_sizes: np.ndarray  # int [K]
+  model: object  # the Flax module every run trains
 
   @property
   def batch(self) -> int:
@@ -43,8 +55,7 @@ class Sweep:
 
   def swept(self) -> list[str]:
     """Run fields that take more than one value."""
-    return [f for f, _ in config_lib.SWEEP_AXES.values()
-            if len({r[f] for r in self.runs}) > 1]
+    return [f for f, _ in config_lib.SWEEP_AXES.values() if len({r[f] for r in self.runs}) > 1]
 
 
 def build(cfg) -> Sweep:
@@ -55,7 +66,8 @@ def build(cfg) -> Sweep:
   n = len(table.labels)
   masks = np.stack([data.split_mask(n, r["train_frac"], r["split_seed"]) for r in runs])
   batch_sizes = np.maximum(np.minimum(cfg.batch_size, masks.sum(1) // 2), 1)
-  return Sweep(cfg, runs, table, masks, batch_sizes)
+  model = make_model(cfg.model, table.vocab_size, table.n)
+  return Sweep(cfg, runs, table, masks, batch_sizes, model)
 
 
 def run_arrays(sweep: Sweep, multiple: int = 1) -> train.Run:
@@ -64,9 +76,13 @@ def run_arrays(sweep: Sweep, multiple: int = 1) -> train.Run:
   k = len(sweep.runs)
   idx = np.minimum(np.arange(-(-k // multiple) * multiple), k - 1)
   col = lambda f, dtype: np.asarray([sweep.runs[i][f] for i in idx], dtype)
-  return train.Run(seed=col("seed", np.int32), train_mask=sweep.train_masks[idx],
-                   batch_size=sweep.batch_sizes[idx].astype(np.int32),
-                   lr=col("lr", np.float32), weight_decay=col("weight_decay", np.float32))
+  return train.Run(
+    seed=col("seed", np.int32),
+    train_mask=sweep.train_masks[idx],
+    batch_size=sweep.batch_sizes[idx].astype(np.int32),
+    lr=col("lr", np.float32),
+    weight_decay=col("weight_decay", np.float32),
+  )
 
 
 def default_workdir(cfg) -> Path:
@@ -81,17 +97,27 @@ def _prepare_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
     old = json.loads(config_path.read_text())
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed and not (reconfigure and set(changed) <= RECONFIGURABLE):
-      hint = ("only " + ", ".join(sorted(RECONFIGURABLE)) + " may change"
-              if reconfigure else "pass --reconfigure to continue it with new steps/eval settings")
-      raise UserError(f"workdir {workdir} holds a different sweep (changed: {', '.join(changed)}); "
-                      f"use another --workdir, or {hint}")
+      hint = (
+        "only " + ", ".join(sorted(RECONFIGURABLE)) + " may change"
+        if reconfigure
+        else "pass --reconfigure to continue it with new steps/eval settings"
+      )
+      raise UserError(
+        f"workdir {workdir} holds a different sweep (changed: {', '.join(changed)}); "
+        f"use another --workdir, or {hint}"
+      )
   elif workdir.exists() and any(workdir.iterdir()):
-    raise UserError(f"workdir {workdir} is not empty and holds no grokjax sweep; "
-                    "choose a new or empty --workdir")
+    raise UserError(
+      f"workdir {workdir} is not empty and holds no grokjax sweep; choose a new or empty --workdir"
+    )
   workdir.mkdir(parents=True, exist_ok=True)
   if not (workdir / "splits.npz").exists():
-    np.savez_compressed(workdir / "splits.npz", inputs=sweep.table.inputs,
-                        labels=sweep.table.labels, train_masks=sweep.train_masks)
+    np.savez_compressed(
+      workdir / "splits.npz",
+      inputs=sweep.table.inputs,
+      labels=sweep.table.labels,
+      train_masks=sweep.train_masks,
+    )
   logs.write_json_atomic(workdir / "runs.json", sweep.runs)
   logs.write_json_atomic(config_path, config_lib.to_json(sweep.cfg))
 
@@ -112,10 +138,10 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   k = len(sweep.runs)
   mesh = jax.make_mesh((jax.device_count(),), ("runs",), axis_types=(AxisType.Auto,))
   runs = jax.device_put(run_arrays(sweep, jax.device_count()), NamedSharding(mesh, P("runs")))
-  table = jax.device_put(train.Table(sweep.table.inputs, sweep.table.labels),
-                         NamedSharding(mesh, P()))
-  model = make_model(cfg.model, sweep.table.vocab_size, sweep.table.n)
-  init, chunk = train.make_sweep_fns(model, cfg.optim, sweep.batch, cfg.eval_batch)
+  table = jax.device_put(
+    train.Table(sweep.table.inputs, sweep.table.labels), NamedSharding(mesh, P())
+  )
+  init, chunk = train.make_sweep_fns(sweep.model, cfg.optim, sweep.batch, cfg.eval_batch)
 
   mngr = checkpoint.manager(workdir, cfg.checkpoint_keep)
   states = init(table, runs)
@@ -128,8 +154,13 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   points = [s for s in config_lib.eval_steps(cfg) if s > start or (s == 0 and not restored)]
   if not points:
     print(f"sweep in {workdir} is finished ({start} steps); nothing to do")
-  bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress or not points,
-             desc=f"{cfg.op} mod {cfg.p}, {k} runs")
+  bar = tqdm(
+    total=cfg.steps,
+    initial=start,
+    unit="step",
+    disable=not progress or not points,
+    desc=f"{cfg.op} mod {cfg.p}, {k} runs",
+  )
 
   writer = logs.MetricWriter(workdir / "metrics.msgpack")
   pending, prev = None, start
@@ -138,8 +169,11 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
     record = _record(*pending, k)
     writer.write(record)
     bar.update(record["step"] - bar.n)
-    bar.set_postfix(train_acc=f"{np.median(record['train_acc']):.3f}",
-                    val_acc=f"{np.median(record['val_acc']):.3f}", refresh=False)
+    bar.set_postfix(
+      train_acc=f"{np.median(record['train_acc']):.3f}",
+      val_acc=f"{np.median(record['val_acc']):.3f}",
+      refresh=False,
+    )
 
   for step in points:
     # Dispatch the next chunk before fetching the last one's metrics, so the
@@ -160,8 +194,9 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   mngr.wait_until_finished()
   mngr.close()
 
-  summary = analysis.summarize(logs.read_metrics(workdir / "metrics.msgpack"), sweep.runs,
-                               cfg.threshold)
+  summary = analysis.summarize(
+    logs.read_metrics(workdir / "metrics.msgpack"), sweep.runs, cfg.threshold
+  )
   logs.write_json_atomic(workdir / "summary.json", summary)
   if points and progress:
     print(analysis.table(summary, sweep.runs, sweep.swept()))

@@ -117,11 +117,11 @@ def evaluate(model, eval_batch: int, table: Table, run: Run, params) -> dict:
 
   train, val = run.train_mask, ~run.train_mask
   return dict(
-      train_loss=mean(loss, train),
-      train_acc=mean(correct, train),
-      val_loss=mean(loss, val),
-      val_acc=mean(correct, val),
-      param_norm=optax.tree.norm(params),
+    train_loss=mean(loss, train),
+    train_acc=mean(correct, train),
+    val_loss=mean(loss, val),
+    val_acc=mean(correct, val),
+    param_norm=optax.tree.norm(params),
   )
 
 

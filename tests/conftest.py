@@ -5,18 +5,12 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
-
-from grokjax.config import default_config  # noqa: E402
+import tiny_config as tiny_config_module  # noqa: E402  (tests/ is on sys.path)
 
 
 def tiny_config(**overrides):
-  """add mod 7 with a one-layer width-32 transformer: compiles and trains in seconds."""
-  cfg = default_config()
-  cfg.name = "tiny"
-  cfg.op, cfg.p = "add", 7
-  cfg.steps, cfg.eval_every, cfg.checkpoint_every = 40, 10, 20
-  cfg.model.num_layers, cfg.model.width, cfg.model.num_heads = 1, 32, 2
-  cfg.sweep.seeds, cfg.sweep.train_fracs = (0, 1), (0.5, 0.8)
+  """The tiny config with dotted-key overrides, e.g. tiny_config(**{"model.width": 16})."""
+  cfg = tiny_config_module.get_config()
   for key, value in overrides.items():
     node = cfg
     *path, last = key.split(".")

@@ -15,16 +15,16 @@ def _inverse(y, p):
 
 # Independent definitions, one Python loop each, written from the paper's table.
 REFERENCE = {
-    "add": lambda x, y, p: (x + y) % p,
-    "sub": lambda x, y, p: (x - y) % p,
-    "mul": lambda x, y, p: (x * y) % p,
-    "div": lambda x, y, p: (x * _inverse(y, p)) % p,
-    "div_odd_sub": lambda x, y, p: (x * _inverse(y, p)) % p if y % 2 else (x - y) % p,
-    "sq_sum": lambda x, y, p: (x * x + y * y) % p,
-    "quad": lambda x, y, p: (x * x + x * y + y * y) % p,
-    "quad_x": lambda x, y, p: (x * x + x * y + y * y + x) % p,
-    "cubic": lambda x, y, p: (x**3 + x * y) % p,
-    "cubic2": lambda x, y, p: (x**3 + x * y * y + y) % p,
+  "add": lambda x, y, p: (x + y) % p,
+  "sub": lambda x, y, p: (x - y) % p,
+  "mul": lambda x, y, p: (x * y) % p,
+  "div": lambda x, y, p: (x * _inverse(y, p)) % p,
+  "div_odd_sub": lambda x, y, p: (x * _inverse(y, p)) % p if y % 2 else (x - y) % p,
+  "sq_sum": lambda x, y, p: (x * x + y * y) % p,
+  "quad": lambda x, y, p: (x * x + x * y + y * y) % p,
+  "quad_x": lambda x, y, p: (x * x + x * y + y * y + x) % p,
+  "cubic": lambda x, y, p: (x**3 + x * y) % p,
+  "cubic2": lambda x, y, p: (x**3 + x * y * y + y) % p,
 }
 DIVIDES = {"div", "div_odd_sub"}
 
@@ -32,8 +32,9 @@ DIVIDES = {"div", "div_odd_sub"}
 @pytest.mark.parametrize("op", sorted(REFERENCE))
 def test_modular_tables_match_a_plain_loop(op):
   table = data.make_table(op, P)
-  expected = {(x, y): REFERENCE[op](x, y, P) for x in range(P)
-              for y in range(1 if op in DIVIDES else 0, P)}
+  expected = {
+    (x, y): REFERENCE[op](x, y, P) for x in range(P) for y in range(1 if op in DIVIDES else 0, P)
+  }
   got = {(int(i[0]), int(i[2])): int(z) for i, z in zip(table.inputs, table.labels)}
   assert got == expected
   assert table.inputs.dtype == np.int32 and table.labels.dtype == np.int32
@@ -54,9 +55,11 @@ def _compose(*perms):
 def _s5_reference(op):
   perms = list(itertools.permutations(range(5)))
   inv = lambda q: tuple(sorted(range(5), key=lambda i: q[i]))
-  f = {"s5": lambda a, b: _compose(a, b),
-       "s5_conj": lambda a, b: _compose(a, b, inv(a)),
-       "s5_aba": lambda a, b: _compose(a, b, a)}[op]
+  f = {
+    "s5": lambda a, b: _compose(a, b),
+    "s5_conj": lambda a, b: _compose(a, b, inv(a)),
+    "s5_aba": lambda a, b: _compose(a, b, a),
+  }[op]
   return {(i, j): perms.index(f(a, b)) for i, a in enumerate(perms) for j, b in enumerate(perms)}
 
 
@@ -85,8 +88,9 @@ def test_aliases():
   assert data.canonical_op("cubic_polynomial") == "cubic"
   assert data.canonical_op("division") == "div"
   assert data.canonical_op("addition") == "add"
-  np.testing.assert_array_equal(data.make_table("division", P).labels,
-                                data.make_table("div", P).labels)
+  np.testing.assert_array_equal(
+    data.make_table("division", P).labels, data.make_table("div", P).labels
+  )
 
 
 def test_division_never_divides_by_zero():
@@ -94,13 +98,16 @@ def test_division_never_divides_by_zero():
     assert (data.make_table(op, 97).inputs[:, 2] != 0).all()
 
 
-@pytest.mark.parametrize("op, p, match", [
+@pytest.mark.parametrize(
+  "op, p, match",
+  [
     ("mod", 7, "unknown op 'mod'; choose one of: add"),
     ("div", 9, "must be prime"),
     ("div_odd_sub", 1, "p=1 is not a modulus"),
     ("add", 1, "p=1 is not a modulus"),
     ("add", 2.5, "not a modulus"),
-])
+  ],
+)
 def test_bad_tables_are_refused(op, p, match):
   with pytest.raises(UserError, match=match):
     data.make_table(op, p)

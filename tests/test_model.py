@@ -34,8 +34,9 @@ def test_causal_mask_hides_later_positions():
   h = jax.random.normal(jax.random.key(1), (1, 4, 16))
   params = block.init(jax.random.key(2), h)
   changed = h.at[:, 3].set(0.0)
-  np.testing.assert_allclose(block.apply(params, h)[:, :3],
-                             block.apply(params, changed)[:, :3], rtol=1e-6)
+  np.testing.assert_allclose(
+    block.apply(params, h)[:, :3], block.apply(params, changed)[:, :3], rtol=1e-6
+  )
 
 
 def test_answer_depends_on_both_operands():

@@ -4,14 +4,12 @@ import numpy as np
 import optax
 
 from grokjax import optim, sweep, train
-from grokjax.model import make_model
 
 
 def _setup(cfg):
   s = sweep.build(cfg)
-  model = make_model(s.cfg.model, s.table.vocab_size, s.table.n)
   table = train.Table(jnp.asarray(s.table.inputs), jnp.asarray(s.table.labels))
-  return s, model, table
+  return s, s.model, table
 
 
 def _subset(runs: train.Run, idx):
