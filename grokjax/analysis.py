@@ -1,10 +1,76 @@
-"""Reading a sweep's metric log: steps to a threshold, grokking delay, final values."""
+"""Reading a sweep's results: the run directory, steps to a threshold, the grokking
+delay, medians and spread over seeds, and the metric log as a tidy table.
+
+Everything here is numpy on the host; nothing imports jax or matplotlib, so the
+figures, the exporter and a notebook can read a run directory cheaply.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+
+from grokjax import logs
+from grokjax.errors import UserError
+
+# runs.json fields that tell the repeats of one setting apart; every other field is
+# a swept value (op, p, train_frac, lr, weight_decay, ...).
+SEED_FIELDS = ("index", "seed", "split_seed")
+EXPORT_FORMATS = ("csv", "jsonl")
+
+
+class RunDir(NamedTuple):
+  """A sweep's run directory, read: its config, its runs and its metric log."""
+
+  path: Path
+  config: dict  # config.json
+  runs: list[dict]  # runs.json, one entry per run, in metric order
+  metrics: dict[str, np.ndarray]  # {"step": int [T], metric: float [T, K]}; {} before any eval
+
+  @property
+  def threshold(self) -> float:
+    """The sweep's accuracy threshold (config.json's, else 0.99)."""
+    return float(self.config.get("threshold", 0.99))
+
+
+def load_run_dir(path) -> RunDir:
+  """Reads config.json, runs.json and metrics.msgpack of a sweep's run directory.
+
+  A directory that is missing or holds no sweep is a UserError. A sweep still
+  training reads as far as its log goes (a torn last record is skipped).
+  """
+  path = Path(path)
+  if not path.is_dir():
+    raise UserError(f"run directory {path} does not exist; pass the --workdir of a sweep")
+  for name in ("config.json", "runs.json"):
+    if not (path / name).is_file():
+      raise UserError(
+        f"{path} is not a grokjax run directory (no {name}); pass the --workdir of a sweep"
+      )
+  try:
+    config = json.loads((path / "config.json").read_text())
+    runs = json.loads((path / "runs.json").read_text())
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path}: unreadable config.json or runs.json ({e})") from None
+  metrics = as_arrays(logs.read_metrics(path / "metrics.msgpack"))
+  for name, values in metrics.items():
+    if name != "step" and values.shape[1] != len(runs):
+      raise UserError(
+        f"{path}: metrics.msgpack holds {values.shape[1]} runs per record "
+        f"but runs.json lists {len(runs)}; the run directory is inconsistent"
+      )
+  return RunDir(path, config, runs, metrics)
+
+
+def require_metrics(rd: RunDir) -> None:
+  """A UserError unless the sweep has logged at least one evaluation."""
+  if not rd.metrics:
+    raise UserError(f"{rd.path} has no metric records yet; wait for the sweep's first evaluation")
 
 
 def as_arrays(records: list[dict]) -> dict[str, np.ndarray]:
@@ -28,7 +94,12 @@ def first_step(steps: np.ndarray, values_TxK: np.ndarray, threshold: float) -> l
 def summarize(records: list[dict], runs: list[dict], threshold: float = 0.99) -> list[dict]:
   """One summary per run: steps to ``threshold`` train and val accuracy, the
   grokking delay between them, final metrics, and whether the run diverged."""
-  m = as_arrays(records)
+  return summarize_arrays(as_arrays(records), runs, threshold)
+
+
+def summarize_arrays(metrics: dict, runs: list[dict], threshold: float = 0.99) -> list[dict]:
+  """``summarize`` on metric arrays (``RunDir.metrics``)."""
+  m = metrics
   if not m:
     return []
   train_at = first_step(m["step"], m["train_acc"], threshold)
@@ -51,8 +122,77 @@ def summarize(records: list[dict], runs: list[dict], threshold: float = 0.99) ->
   return out
 
 
+def setting(run: dict, exclude=SEED_FIELDS) -> dict:
+  """The run's swept values: its runs.json entry without the ``exclude`` fields."""
+  return {k: v for k, v in run.items() if k not in exclude}
+
+
+def group_runs(runs: list[dict], exclude=SEED_FIELDS) -> list[tuple[dict, list[int]]]:
+  """Runs that differ only in ``exclude`` fields (by default: seeds), grouped.
+
+  Returns (setting, run positions) pairs in order of first appearance.
+  """
+  groups: dict[str, tuple[dict, list[int]]] = {}
+  for k, run in enumerate(runs):
+    key = setting(run, exclude)
+    groups.setdefault(json.dumps(key, sort_keys=True), (key, []))[1].append(k)
+  return list(groups.values())
+
+
+def varying(settings: list[dict]) -> list[str]:
+  """Fields that take more than one value over ``settings`` (in first-seen order)."""
+  fields = dict.fromkeys(k for s in settings for k in s)
+  return [f for f in fields if len({json.dumps(s.get(f)) for s in settings}) > 1]
+
+
+def spread(values: list) -> dict:
+  """Median, min, max of per-seed values where None means 'never reached'.
+
+  A None counts as beyond the budget: the median is None when more than half the
+  seeds never got there (None if exactly half, for an even count). ``min`` and
+  ``max`` range over the seeds that did; ``reached`` counts them.
+  """
+  done = [v for v in values if v is not None and not _isnan(v)]
+  n = len(values)
+  ranked = np.asarray(sorted(done) + [math.inf] * (n - len(done)), np.float64)
+  median = float(np.median(ranked)) if n else math.inf
+  return dict(
+    median=median if math.isfinite(median) else None,
+    min=min(done) if done else None,
+    max=max(done) if done else None,
+    reached=len(done),
+    n=n,
+  )
+
+
+def _isnan(v) -> bool:
+  return isinstance(v, float) and math.isnan(v)
+
+
+STAT_FIELDS = ("train_step", "val_step", "delay", "final_train_acc", "final_val_acc")
+
+
+def group_summary(summary: list[dict], runs: list[dict], exclude=SEED_FIELDS) -> list[dict]:
+  """Per setting (runs grouped over ``exclude``): the ``spread`` over its seeds of
+  the steps to threshold, the delay and the final accuracies."""
+  out = []
+  for key, members in group_runs(runs, exclude):
+    stats = {f: spread([summary[k][f] for k in members]) for f in STAT_FIELDS}
+    out.append(dict(setting=key, runs=[runs[k]["index"] for k in members], **stats))
+  return out
+
+
+def _fmt_spread(s: dict, digits: int | None = None) -> str:
+  fmt = lambda x: "never" if x is None else (f"{x:.{digits}f}" if digits else str(int(x)))
+  if s["n"] == 1 or not s["reached"]:
+    return fmt(s["median"])
+  top = s["max"] if s["reached"] == s["n"] else None
+  return f"{fmt(s['median'])} ({fmt(s['min'])}-{fmt(top)})"
+
+
 def table(summary: list[dict], runs: list[dict], swept: list[str]) -> str:
-  """A plain-text table of per-run results, one line per run."""
+  """A plain-text table of per-run results, one line per run; then, when a setting
+  has several seeds, one line per setting: median (min-max) over its seeds."""
   head = ["run", *swept, "train>=thr", "val>=thr", "delay", "val_acc"]
   rows = []
   for s, r in zip(summary, runs):
@@ -68,5 +208,72 @@ def table(summary: list[dict], runs: list[dict], swept: list[str]) -> str:
         val,
       ]
     )
-  widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-  return "\n".join("  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in [head, *rows])
+  text = _columns([head, *rows])
+  groups = group_summary(summary, runs)
+  if summary and max(len(g["runs"]) for g in groups) > 1:
+    fields = [f for f in swept if f not in SEED_FIELDS]
+    head = [*(fields or ["setting"]), "seeds", "train>=thr", "val>=thr", "delay", "val_acc"]
+    rows = [
+      [
+        *(str(g["setting"][f]) for f in fields or []),
+        *([] if fields else ["all"]),
+        str(len(g["runs"])),
+        *(_fmt_spread(g[f]) for f in ("train_step", "val_step", "delay")),
+        _fmt_spread(g["final_val_acc"], 3),
+      ]
+      for g in groups
+    ]
+    text += "\n\nmedian (min-max) over seeds; 'never' = not reached\n" + _columns([head, *rows])
+  return text
+
+
+def _columns(lines: list[list[str]]) -> str:
+  widths = [max(len(x) for x in col) for col in zip(*lines)]
+  return "\n".join("  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in lines)
+
+
+def tidy_rows(rd: RunDir) -> list[dict]:
+  """The metric log as a tidy table: one row per run per evaluation point, holding
+  the run's runs.json entry, the step and every metric. Rows go run by run."""
+  if not rd.metrics:
+    return []
+  names = [k for k in rd.metrics if k != "step"]
+  steps = rd.metrics["step"].tolist()
+  return [
+    {**run, "step": step, **{m: float(rd.metrics[m][t, k]) for m in names}}
+    for k, run in enumerate(rd.runs)
+    for t, step in enumerate(steps)
+  ]
+
+
+def export(rd: RunDir, fmt: str, out=None) -> Path:
+  """Writes ``tidy_rows`` as CSV or JSON lines (default RUN_DIR/metrics.<fmt>).
+
+  JSON lines hold one object per row, with null for a non-finite metric (strict
+  JSON has no NaN); CSV writes such values as nan/inf.
+  """
+  if fmt not in EXPORT_FORMATS:
+    raise UserError(f"unknown export format {fmt!r}; choose {' or '.join(EXPORT_FORMATS)}")
+  require_metrics(rd)
+  out = Path(out) if out else rd.path / f"metrics.{fmt}"
+  if out.is_dir():
+    raise UserError(
+      f"--out {out} is a directory; give a file name, e.g. {out / ('metrics.' + fmt)}"
+    )
+  if not out.parent.is_dir():
+    raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
+  rows = tidy_rows(rd)
+  tmp = out.with_name(out.name + ".tmp")
+  with open(tmp, "w", newline="") as f:
+    if fmt == "csv":
+      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+      writer.writeheader()
+      writer.writerows(rows)
+    else:
+      for row in rows:
+        clean = {
+          k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
+        }
+        f.write(json.dumps(clean, allow_nan=False) + "\n")
+  tmp.replace(out)
+  return out

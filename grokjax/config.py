@@ -55,6 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
       weight_decay=(),
     )
   )
+  # optional trackers (grokjax.integrations): one wandb run / TensorBoard dir per run
+  c.log = ml_collections.ConfigDict(dict(wandb=False, wandb_project="grokking", tensorboard=False))
   return c
 
 

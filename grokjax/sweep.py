@@ -15,9 +15,9 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from grokjax import analysis, checkpoint, data, logs, train
+from grokjax import analysis, checkpoint, data, integrations, logs, plots, train
 from grokjax import config as config_lib
 from grokjax.errors import UserError
 from grokjax.model import make_model
@@ -34,6 +34,7 @@ RECONFIGURABLE = {
   "threshold",
   "checkpoint_every",
   "checkpoint_keep",
+  "log",
 }
 
 
@@ -85,6 +86,28 @@ def run_arrays(sweep: Sweep, multiple: int = 1) -> train.Run:
   )
 
 
+def device_inputs(sweep: Sweep) -> tuple[train.Table, train.Run]:
+  """The table (replicated) and the runs (split over every device on the run axis)."""
+  mesh = jax.make_mesh((jax.device_count(),), ("runs",), axis_types=(AxisType.Auto,))
+  runs = jax.device_put(run_arrays(sweep, jax.device_count()), NamedSharding(mesh, P("runs")))
+  table = train.Table(sweep.table.inputs, sweep.table.labels)
+  return jax.device_put(table, NamedSharding(mesh, P())), runs
+
+
+def abstract_states(sweep: Sweep, init, table, runs):
+  """Shapes, dtypes and shardings of the batched state, without computing it."""
+  sharding = runs.seed.sharding  # every state leaf has the run axis first
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+    jax.eval_shape(init, table, runs),
+  )
+
+
+def sweep_fns(sweep: Sweep):
+  """The jitted, vmapped (init, chunk) of ``train.make_sweep_fns`` for this sweep."""
+  return train.make_sweep_fns(sweep.model, sweep.cfg.optim, sweep.batch, sweep.cfg.eval_batch)
+
+
 def default_workdir(cfg) -> Path:
   return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -124,7 +147,7 @@ def _prepare_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
 
 def _record(step: int, metrics: dict, k: int) -> dict:
   host = jax.device_get(metrics)
-  return {"step": int(step), **{name: [float(x) for x in host[name][:k]] for name in train.METRICS}}
+  return {"step": int(step), **{name: [float(x) for x in v[:k]] for name, v in host.items()}}
 
 
 def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = True) -> Path:
@@ -133,23 +156,21 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   sweep = build(cfg)
   cfg = sweep.cfg
   workdir = Path(workdir) if workdir else default_workdir(cfg)
+  trackers = integrations.make_writer(cfg, sweep.runs, workdir)  # wandb/TensorBoard, if on
   _prepare_workdir(workdir, sweep, reconfigure)
 
   k = len(sweep.runs)
-  mesh = jax.make_mesh((jax.device_count(),), ("runs",), axis_types=(AxisType.Auto,))
-  runs = jax.device_put(run_arrays(sweep, jax.device_count()), NamedSharding(mesh, P("runs")))
-  table = jax.device_put(
-    train.Table(sweep.table.inputs, sweep.table.labels), NamedSharding(mesh, P())
-  )
-  init, chunk = train.make_sweep_fns(sweep.model, cfg.optim, sweep.batch, cfg.eval_batch)
+  table, runs = device_inputs(sweep)
+  init, chunk = sweep_fns(sweep)
 
   mngr = checkpoint.manager(workdir, cfg.checkpoint_keep)
-  states = init(table, runs)
-  restored = checkpoint.restore(mngr, states)
+  restored = checkpoint.restore(mngr, abstract_states(sweep, init, table, runs))
   start = 0
   if restored:
     states, meta = restored
     start = int(meta["step"])
+  else:
+    states = init(table, runs)
   logs.truncate_metrics(workdir / "metrics.msgpack", start if restored else -1)
   points = [s for s in config_lib.eval_steps(cfg) if s > start or (s == 0 and not restored)]
   if not points:
@@ -168,6 +189,7 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   def flush():
     record = _record(*pending, k)
     writer.write(record)
+    trackers.write(record)
     bar.update(record["step"] - bar.n)
     bar.set_postfix(
       train_acc=f"{np.median(record['train_acc']):.3f}",
@@ -190,6 +212,7 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   if pending:
     flush()
   writer.close()
+  trackers.close()
   bar.close()
   mngr.wait_until_finished()
   mngr.close()
@@ -198,6 +221,7 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
     logs.read_metrics(workdir / "metrics.msgpack"), sweep.runs, cfg.threshold
   )
   logs.write_json_atomic(workdir / "summary.json", summary)
+  plots.write_figures(workdir, threshold=cfg.threshold)
   if points and progress:
     print(analysis.table(summary, sweep.runs, sweep.swept()))
     print(f"run directory: {workdir}")

@@ -40,6 +40,7 @@ class Table(NamedTuple):
   labels: jax.Array
 
 
+# Every evaluation also logs "param_norm/<module>": the L2 norm of each top-level module.
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
 
 
@@ -99,16 +100,18 @@ def train_step(model, optim_cfg, batch: int, table: Table, run: Run, state: Trai
 
 
 def evaluate(model, eval_batch: int, table: Table, run: Run, params) -> dict:
-  """Loss and accuracy on the run's full train and val sets, and the weight norm.
+  """Loss and accuracy on the run's full train and val sets, and weight norms
+  (all parameters, and per top-level module: embeddings, each block, unembedding).
 
   One forward pass over the whole table serves both sets; it runs in blocks of
   ``eval_batch`` rows to bound memory.
   """
   n = table.labels.shape[0]
   blocks = -(-n // eval_batch)
-  pad = blocks * eval_batch - n
-  inputs = jnp.pad(table.inputs, ((0, pad), (0, 0))).reshape(blocks, eval_batch, -1)
-  labels = jnp.pad(table.labels, (0, pad)).reshape(blocks, eval_batch)
+  size = -(-n // blocks)  # equal blocks of at most eval_batch rows, padding < blocks
+  pad = blocks * size - n
+  inputs = jnp.pad(table.inputs, ((0, pad), (0, 0))).reshape(blocks, size, -1)
+  labels = jnp.pad(table.labels, (0, pad)).reshape(blocks, size)
   loss, correct = jax.lax.map(lambda b: per_example(model, params, *b), (inputs, labels))
   loss, correct = loss.reshape(-1)[:n], correct.reshape(-1)[:n]
 
@@ -122,6 +125,7 @@ def evaluate(model, eval_batch: int, table: Table, run: Run, params) -> dict:
     val_loss=mean(loss, val),
     val_acc=mean(correct, val),
     param_norm=optax.tree.norm(params),
+    **{f"param_norm/{name}": optax.tree.norm(sub) for name, sub in params.items()},
   )
 
 

@@ -8,6 +8,8 @@ import msgpack
 import numpy as np
 import pytest
 
+from grokjax import logs
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "tiny_config.py")
 
@@ -96,7 +98,7 @@ def test_workdir_of_another_sweep_is_refused(finished):
     (["--config.stpes=10"], "stpes"),
     (["--config.sweep.seeds=-1"], "seeds are integers >= 0"),
     (["--config.model.name=rnn"], "unknown model.name 'rnn'"),
-    (["--config.sweep.lr=0"], "learning rate 0 must be > 0"),
+    (["--config.sweep.lr=0"], "learning rate 0.0 must be > 0"),
     (["extra_arg"], "unexpected arguments"),
   ],
 )
@@ -120,3 +122,22 @@ def test_non_sweep_directory_is_refused(tmp_path):
   out = sweep_cli("--config", TINY, "--workdir", str(tmp_path))
   assert out.returncode == 2 and "holds no grokjax sweep" in out.stderr
   assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_one_compilation_for_the_whole_sweep(tmp_path, tiny, caplog):
+  # Log-spaced evaluation: chunks of many different lengths, two train fractions.
+  import jax
+
+  from grokjax import sweep
+
+  cfg = tiny(eval_schedule="log", eval_points=12)
+  with jax.log_compiles(), caplog.at_level("WARNING", logger="jax"):
+    sweep.run_sweep(cfg, tmp_path / "w", progress=False)
+  compiled = [
+    r.getMessage()
+    for r in caplog.records
+    if r.getMessage().startswith("Finished XLA compilation of jit(chunk)")
+  ]
+  assert len(compiled) == 1
+  steps = [r["step"] for r in logs.read_metrics(tmp_path / "w" / "metrics.msgpack")]
+  assert len(set(np.diff(steps))) > 3  # the chunks really had different lengths

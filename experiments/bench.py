@@ -1,0 +1,151 @@
+"""Throughput, memory and compile time of the sweep program, beside plain PyTorch.
+
+  python experiments/bench.py                      # quick and paper configs, K = 1..512
+  python experiments/bench.py --setups=paper --ks=1,256 --steps=2000
+  python experiments/bench.py --quick              # seconds; what the tests run
+
+Prints one row per (setup, K) and writes the rows as JSON (--out).
+"""
+
+import json
+import platform
+import runpy
+import time
+from pathlib import Path
+
+import jax
+from absl import flags
+
+from grokjax import cli, sweep
+from grokjax.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+SETUPS = {"quick": "configs/quick.py", "paper": "configs/div.py"}
+# Dense peak FLOP/s of the matmul precision JAX uses by default for float32.
+PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": 494.7, "NVIDIA H200": 494.7}  # TF32
+
+_SETUPS = flags.DEFINE_list("setups", ["quick", "paper"], "Configs to time: quick, paper.")
+_KS = flags.DEFINE_list(
+  "ks", None, "Runs per program (default: 1,8,32,128,256,512 on an accelerator, 1,8,32 on CPU)."
+)
+_STEPS = flags.DEFINE_integer("steps", 500, "Timed steps per K (after one warm-up chunk).")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Evaluation cadence, as in a sweep.")
+_TORCH = flags.DEFINE_bool("torch", True, "Also time a plain PyTorch loop if torch imports.")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny settings for a smoke test (seconds).")
+_OUT = flags.DEFINE_string("out", "bench.json", "Where to write the rows as JSON.")
+
+
+def setup_config(name: str, k: int, eval_every: int):
+  if name not in SETUPS:
+    raise UserError(f"unknown setup {name!r}; choose from {', '.join(SETUPS)}")
+  cfg = runpy.run_path(str(ROOT / SETUPS[name]))["get_config"]()
+  cfg.sweep.seeds, cfg.sweep.train_fracs = tuple(range(k)), (0.5,)
+  cfg.eval_every = eval_every
+  return cfg
+
+
+def flops_per_run_step(s: sweep.Sweep) -> float:
+  """6 x parameters x tokens of a batch: the usual training-FLOP estimate."""
+  params = s.model.init(jax.random.key(0), s.table.inputs[:1])["params"]
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  return 6.0 * n_params * s.batch * s.table.inputs.shape[1]
+
+
+def bench_grokjax(cfg, steps: int) -> dict:
+  s = sweep.build(cfg)
+  k = len(s.runs)
+  table, runs = sweep.device_inputs(s)
+  init, chunk = sweep.sweep_fns(s)
+  states = init(table, runs)
+  start = time.perf_counter()
+  compiled = chunk.lower(table, runs, states, cfg.eval_every).compile()
+  compile_s = time.perf_counter() - start
+  mem = compiled.memory_analysis()
+  states, metrics = chunk(table, runs, states, cfg.eval_every)  # warm-up
+  jax.device_get(metrics)
+  chunks = max(steps // cfg.eval_every, 1)
+  start = time.perf_counter()
+  for _ in range(chunks):
+    states, metrics = chunk(table, runs, states, cfg.eval_every)
+    jax.device_get(metrics)  # as the sweep loop does
+  elapsed = time.perf_counter() - start
+  rate = k * chunks * cfg.eval_every / elapsed
+  row = dict(
+    framework="grokjax",
+    k=k,
+    run_steps_per_s=rate,
+    compile_s=compile_s,
+    program_mib_per_run=(mem.argument_size_in_bytes + mem.temp_size_in_bytes) / k / 2**20
+    if mem
+    else None,
+  )
+  stats = jax.local_devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    row["peak_mib_per_run"] = stats["peak_bytes_in_use"] / k / 2**20
+  peak = PEAK_TFLOPS.get(jax.local_devices()[0].device_kind)
+  row["tflops"] = rate * flops_per_run_step(s) / 1e12
+  if peak:
+    row["peak_fraction"] = row["tflops"] / peak
+  return row
+
+
+def bench_torch(cfg, steps: int) -> dict | None:
+  try:
+    import torch  # noqa: F401
+    import torch_reference
+  except ImportError:
+    return None
+  s = sweep.build(cfg)
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  rate = torch_reference.steps_per_second(s.table, s.train_masks[0], s.cfg, steps, device)
+  return dict(framework="pytorch", k=1, run_steps_per_s=rate)
+
+
+def _cell(row: dict, key: str, spec: str) -> str:
+  return format(row[key], spec) if row.get(key) is not None else "-"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}")
+  accelerator = jax.default_backend() != "cpu"
+  ks = (
+    [int(k) for k in _KS.value]
+    if _KS.value
+    else ([1, 8, 32, 128, 256, 512] if accelerator else [1, 8, 32])
+  )
+  setups, steps, eval_every = _SETUPS.value, _STEPS.value, _EVAL_EVERY.value
+  if _QUICK.value:
+    setups, ks, steps, eval_every = ["quick"], [1, 2], 20, 10
+  device = jax.local_devices()[0]
+  print(
+    f"# {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
+    f"jax {jax.__version__}, {platform.processor() or platform.machine()}"
+  )
+  print(
+    f"{'setup':>6} {'framework':>9} {'K':>4} {'run-steps/s':>12} {'vs torch':>8} "
+    f"{'compile s':>9} {'MiB/run':>8} {'TFLOP/s':>8}"
+  )
+  rows = []
+  for name in setups:
+    base = bench_torch(setup_config(name, 1, eval_every), steps) if _TORCH.value else None
+    for row in ([base] if base else []) + [
+      bench_grokjax(setup_config(name, k, eval_every), steps) for k in ks
+    ]:
+      row.update(setup=name, device=device.device_kind, steps=steps, eval_every=eval_every)
+      if base:
+        row["vs_torch"] = row["run_steps_per_s"] / base["run_steps_per_s"]
+      rows.append(row)
+      mem = row.get("peak_mib_per_run", row.get("program_mib_per_run"))
+      print(
+        f"{name:>6} {row['framework']:>9} {row['k']:>4} {row['run_steps_per_s']:>12.1f} "
+        f"{_cell(row, 'vs_torch', '.2f'):>8} {_cell(row, 'compile_s', '.1f'):>9} "
+        f"{format(mem, '.1f') if mem is not None else '-':>8} {_cell(row, 'tflops', '.3f'):>8}",
+        flush=True,
+      )
+  Path(_OUT.value).write_text(json.dumps(rows, indent=2))
+  print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

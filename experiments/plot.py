@@ -1,0 +1,31 @@
+"""Draw a sweep's figures: accuracy/loss curves, steps to a threshold, weight norm.
+
+  python experiments/plot.py RUN_DIR [--out DIR] [--threshold 0.99]
+
+Writes curves.png, steps_to_threshold.png and weight_norm.png into RUN_DIR/figures/
+(or --out). Works on a sweep that is still training: it plots the log so far.
+"""
+
+from absl import flags
+
+from grokjax import cli, plots
+
+_OUT = flags.DEFINE_string("out", None, "Directory for the PNGs (default RUN_DIR/figures).")
+_THRESHOLD = flags.DEFINE_float(
+  "threshold", None, "Accuracy threshold in (0, 1] (default: the sweep's config, 0.99)."
+)
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise cli.UserError(
+      "give exactly one run directory: python experiments/plot.py RUN_DIR [--out DIR]"
+      if len(argv) < 2
+      else f"unexpected arguments {argv[2:]}; give one RUN_DIR"
+    )
+  for path in plots.write_figures(argv[1], _OUT.value, _THRESHOLD.value):
+    print(path)
+
+
+if __name__ == "__main__":
+  cli.run(main)

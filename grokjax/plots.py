@@ -1,0 +1,331 @@
+"""The paper's figures from a run directory, as matplotlib Figures and PNG files.
+
+``curves`` (Fig. 1 style: accuracy and loss vs steps, one panel per setting),
+``steps_to_threshold`` (Fig. 2 style: steps until 99% vs training-data fraction)
+and ``weight_norm``; ``write_figures`` saves all three into RUN_DIR/figures/.
+
+Figures are built on matplotlib's Agg canvas, never through pyplot, so drawing them
+neither opens windows nor keeps figures alive; matplotlib itself is imported when
+the first figure is drawn (a sweep imports this module at start-up).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from grokjax import analysis
+from grokjax.errors import UserError
+
+FIGURES = ("curves", "steps_to_threshold", "weight_norm")
+DPI = 100  # PNG resolution: a 5-panel figure is ~1500 px wide
+MAX_COLS = 5  # panels per row before wrapping
+TRAIN, VAL, NORM, SEED_ALPHA = "#1f77b4", "#d62728", "#2ca02c", 0.35
+
+OP_LABELS = {
+  "add": "x + y",
+  "sub": "x − y",
+  "mul": "x · y",
+  "div": "x / y",
+  "div_odd_sub": "x / y if y odd, else x − y",
+  "sq_sum": "x² + y²",
+  "quad": "x² + xy + y²",
+  "quad_x": "x² + xy + y² + x",
+  "cubic": "x³ + xy",
+  "cubic2": "x³ + xy² + y",
+  "s5": "x ∘ y in S5",
+  "s5_conj": "x ∘ y ∘ x⁻¹ in S5",
+  "s5_aba": "x ∘ y ∘ x in S5",
+}
+
+
+def op_label(op: str, p=None) -> str:
+  """'x + y (mod 31)'; S5 operations carry no modulus."""
+  text = OP_LABELS.get(op, op)
+  return text if op.startswith("s5") or p is None else f"{text} (mod {p})"
+
+
+def field_label(field: str, value) -> str:
+  """One swept value in words: 'train 50%', 'lr 0.003', ..."""
+  if field == "train_frac":
+    return f"{100 * value:g}% training data"
+  if field == "op":
+    return OP_LABELS.get(value, value)
+  if field == "lr":
+    return f"lr {value:g}"
+  if field == "weight_decay":
+    return f"weight decay {value:g}"
+  return f"{field} {value}"
+
+
+def sweep_label(rd: analysis.RunDir) -> str:
+  """The values shared by every run: operation, modulus and optimizer."""
+  shared = analysis.setting(rd.runs[0])
+  swept = set(analysis.varying([analysis.setting(r) for r in rd.runs]))
+  parts = []
+  if "op" not in swept:
+    parts.append(op_label(shared["op"], None if "p" in swept else shared.get("p")))
+  optim = rd.config.get("optim", {})
+  adamw = "AdamW"
+  if "lr" not in swept and "lr" in shared:
+    adamw += f" lr {shared['lr']:g}"
+  if "weight_decay" not in swept and "weight_decay" in shared:
+    adamw += f", weight decay {shared['weight_decay']:g}"
+  if "b1" in optim:
+    adamw += f" (β {optim['b1']:g}/{optim['b2']:g})"
+  return ", ".join([*parts, adamw])
+
+
+def _panels(rd: analysis.RunDir, exclude=analysis.SEED_FIELDS):
+  """(title, run positions) of each panel: one per setting other than seeds."""
+  groups = analysis.group_runs(rd.runs, exclude)
+  settings = [key for key, _ in groups]
+  fields = analysis.varying(settings) or [f for f in ("train_frac",) if f in settings[0]]
+  return [(", ".join(field_label(f, key[f]) for f in fields), idx) for key, idx in groups]
+
+
+def _figure(width: float, height: float):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _grid(fig, n_panels: int, rows_per_panel: int):
+  """Axes [rows_per_panel][panel] wrapped at MAX_COLS panels a row; unused cells
+  are removed, so ``fig.axes`` holds exactly rows_per_panel * n_panels axes."""
+  cols = min(n_panels, MAX_COLS)
+  blocks = -(-n_panels // cols)
+  grid = fig.subplots(blocks * rows_per_panel, cols, squeeze=False, sharex=True, sharey="row")
+  out = [[None] * n_panels for _ in range(rows_per_panel)]
+  for b in range(blocks):
+    for c in range(cols):
+      i = b * cols + c
+      for r in range(rows_per_panel):
+        ax = grid[b * rows_per_panel + r, c]
+        if i < n_panels:
+          out[r][i] = ax
+        else:
+          fig.delaxes(ax)
+  return out, cols, blocks
+
+
+def _positive_steps(rd: analysis.RunDir) -> np.ndarray:
+  """Which evaluation points a log axis can show (step >= 1)."""
+  analysis.require_metrics(rd)
+  keep = rd.metrics["step"] > 0
+  if not keep.any():
+    raise UserError(f"{rd.path} has logged step 0 only; plot again after the first evaluation")
+  return keep
+
+
+def _seeds_and_median(ax, steps, values_TxK, color, scale=1.0):
+  """Each seed as a thin line, their median bold."""
+  for k in range(values_TxK.shape[1]):
+    ax.plot(steps, scale * values_TxK[:, k], color=color, lw=0.7, alpha=SEED_ALPHA)
+  ax.plot(steps, scale * np.median(values_TxK, axis=1), color=color, lw=2)
+
+
+def _seeds(runs) -> str:
+  """'3 seeds' (or '2/3 seeds' when settings differ in their number of seeds)."""
+  sizes = sorted({len(idx) for _, idx in analysis.group_runs(runs)})
+  return f"{'/'.join(map(str, sizes))} seed{'s' if sizes != [1] else ''}"
+
+
+def _legend(fig, entries, handles=(), labels=(), ncol=None):
+  """A legend under the panels: ``handles`` as drawn, then ``entries`` given as
+  (label, Line2D style) pairs; one row when it fits."""
+  from matplotlib.lines import Line2D
+
+  fig.legend(
+    [*handles, *(Line2D([], [], **style) for _, style in entries)],
+    [*labels, *(label for label, _ in entries)],
+    loc="outside lower center",
+    ncol=ncol or min(len(entries) + len(labels), 5 if fig.get_figwidth() > 7 else 3),
+    frameon=False,
+    fontsize=9,
+  )
+
+
+def curves(rd: analysis.RunDir, threshold: float | None = None):
+  """Fig. 1 style: train and val accuracy (top row) and loss (bottom row) vs
+  optimisation steps on a log axis, one column per setting; seeds as thin lines,
+  their median bold. Returns the Figure."""
+  threshold = rd.threshold if threshold is None else threshold
+  keep = _positive_steps(rd)
+  steps, m = rd.metrics["step"][keep], {k: v[keep] for k, v in rd.metrics.items()}
+  panels = _panels(rd)
+  width = max(2.9 * min(len(panels), MAX_COLS), 6.4)
+  blocks = -(-len(panels) // MAX_COLS)
+  fig = _figure(width, 4.6 * blocks + 1.1)
+  (acc_axes, loss_axes), cols, _ = _grid(fig, len(panels), 2)
+  for i, (title, idx) in enumerate(panels):
+    acc, loss = acc_axes[i], loss_axes[i]
+    for name, color in (("train", TRAIN), ("val", VAL)):
+      _seeds_and_median(acc, steps, m[f"{name}_acc"][:, idx], color, scale=100)
+      _seeds_and_median(loss, steps, m[f"{name}_loss"][:, idx], color)
+    acc.axhline(100 * threshold, color="0.4", ls=":", lw=0.8)
+    acc.set_title(title, fontsize=10)
+    acc.set_ylim(-2, 102)
+    loss.set_yscale("log")
+    loss.set_xlabel("optimisation steps")
+    acc.set_xscale("log")
+    for ax in (acc, loss):
+      ax.grid(True, which="major", color="0.9", lw=0.6)
+    if i % cols == 0:
+      acc.set_ylabel("accuracy (%)")
+      loss.set_ylabel("loss (cross-entropy)")
+  fig.suptitle(f"{sweep_label(rd)}\naccuracy and loss vs optimisation steps", fontsize=11)
+  _legend(
+    fig,
+    [
+      ("train", dict(color=TRAIN, lw=2)),
+      ("validation", dict(color=VAL, lw=2)),
+      (f"median of {_seeds(rd.runs)}", dict(color="0.3", lw=2)),
+      ("single seed", dict(color="0.5", lw=0.7, alpha=0.6)),
+      (f"{100 * threshold:g}% accuracy", dict(color="0.4", ls=":", lw=0.8)),
+    ],
+  )
+  return fig
+
+
+def weight_norm(rd: analysis.RunDir, threshold: float | None = None):
+  """The L2 norm of all parameters vs optimisation steps (log axis), one panel per
+  setting, with the median steps at which train and val accuracy reached the
+  threshold marked. Returns the Figure."""
+  threshold = rd.threshold if threshold is None else threshold
+  keep = _positive_steps(rd)
+  steps, norm = rd.metrics["step"][keep], rd.metrics["param_norm"][keep]
+  summary = analysis.summarize_arrays(rd.metrics, rd.runs, threshold)
+  panels = _panels(rd)
+  width = max(2.9 * min(len(panels), MAX_COLS), 6.4)
+  blocks = -(-len(panels) // MAX_COLS)
+  fig = _figure(width, 2.6 * blocks + 1.1)
+  (axes,), cols, _ = _grid(fig, len(panels), 1)
+  for i, (title, idx) in enumerate(panels):
+    ax = axes[i]
+    _seeds_and_median(ax, steps, norm[:, idx], NORM)
+    for field, color in (("train_step", TRAIN), ("val_step", VAL)):
+      at = analysis.spread([summary[k][field] for k in idx])["median"]
+      if at:
+        ax.axvline(at, color=color, ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("optimisation steps")
+    ax.grid(True, which="major", color="0.9", lw=0.6)
+    if i % cols == 0:
+      ax.set_ylabel("parameter norm (L2)")
+  fig.suptitle(f"{sweep_label(rd)}\nweight norm vs optimisation steps", fontsize=11)
+  _legend(
+    fig,
+    [
+      (f"median of {_seeds(rd.runs)}", dict(color=NORM, lw=2)),
+      ("single seed", dict(color=NORM, lw=0.7, alpha=SEED_ALPHA)),
+      (f"train ≥ {100 * threshold:g}% (median)", dict(color=TRAIN, ls="--", lw=1)),
+      (f"validation ≥ {100 * threshold:g}% (median)", dict(color=VAL, ls="--", lw=1)),
+    ],
+  )
+  return fig
+
+
+def steps_to_threshold(rd: analysis.RunDir, threshold: float | None = None):
+  """Fig. 2 style: optimisation steps until val (and, faded, train) accuracy
+  reaches the threshold vs the training-data fraction, one series per operation
+  (and other swept value): median over seeds with min-max bars, log y-axis.
+  Settings where a seed never got there get a hollow marker on the 'not reached'
+  line, labelled with how many seeds missed. Returns the Figure."""
+  threshold = rd.threshold if threshold is None else threshold
+  analysis.require_metrics(rd)
+  summary = analysis.summarize_arrays(rd.metrics, rd.runs, threshold)
+  budget = int(rd.metrics["step"][-1])
+  top = budget * 2.5  # the 'not reached' line, above every reachable step
+  series = _panels(rd, analysis.SEED_FIELDS + ("train_frac",))
+  fig = _figure(6.8, 4.6)
+  ax = fig.subplots()
+  lowest, fracs_seen = top, set()
+  for s, (label, idx) in enumerate(series):
+    colors = (f"C{s}", f"C{s}") if len(series) > 1 else (VAL, TRAIN)
+    fracs = sorted({rd.runs[k]["train_frac"] for k in idx})
+    fracs_seen.update(fracs)
+    x = np.asarray([100 * f for f in fracs])
+    prefix = f"{label}: " if len(series) > 1 else ""
+    for field, name, marker, ls, alpha, color in (
+      ("val_step", "validation", "o", "-", 1.0, colors[0]),
+      ("train_step", "train", "s", "--", 0.6, colors[1]),
+    ):
+      stats = [
+        analysis.spread([summary[k][field] for k in idx if rd.runs[k]["train_frac"] == f])
+        for f in fracs
+      ]
+      lowest = min([lowest, *(max(st["min"], 1) for st in stats if st["reached"])])
+      _threshold_series(
+        ax, x, stats, top, color, marker, ls, alpha, f"{prefix}{name} ≥ {100 * threshold:g}%"
+      )
+  ax.axhline(top, color="0.5", ls=":", lw=0.8)
+  ax.set_ylim(10 ** np.floor(np.log10(min(lowest, top / 100))), top * 2.2)  # >= 2 decades
+  ax.set_yscale("log")
+  ax.set_xticks(sorted(100 * f for f in fracs_seen))
+  ax.set_xticklabels([f"{100 * f:g}" for f in sorted(fracs_seen)])
+  ax.set_xlim(min(fracs_seen) * 100 - 5, max(fracs_seen) * 100 + 5)
+  ax.set_xlabel("training data (% of all equations)")
+  ax.set_ylabel("optimisation steps")
+  ax.grid(True, which="major", color="0.9", lw=0.6)
+  fig.suptitle(
+    f"{sweep_label(rd)}\nsteps until accuracy ≥ {100 * threshold:g}% "
+    f"(median of {_seeds(rd.runs)}, bars min to max)",
+    fontsize=11,
+  )
+  handles, labels = ax.get_legend_handles_labels()
+  hollow = dict(marker="o", ls="none", mfc="white", mec="0.4", ms=7)
+  not_reached = [(f"not reached in {budget:,} steps (seeds missed/seeds)", hollow)]
+  _legend(fig, not_reached, handles, labels, ncol=2 if len(series) > 1 else None)
+  return fig
+
+
+def _threshold_series(ax, x, stats, top, color, marker, ls, alpha, label):
+  """Medians (filled, joined), min-max bars (up to the 'not reached' line when a
+  seed missed) and hollow markers on that line for settings with a miss."""
+  median = np.asarray([st["median"] if st["median"] is not None else np.nan for st in stats])
+  median = np.maximum(median, 1)  # a log axis: step 0 shows as 1
+  lo = np.asarray([max(st["min"], 1) if st["reached"] else np.nan for st in stats])
+  hi = np.asarray([st["max"] if st["reached"] == st["n"] else top for st in stats], float)
+  hi[np.isnan(lo)] = np.nan
+  ax.plot(x, median, marker=marker, ls=ls, color=color, alpha=alpha, label=label, ms=6, lw=1.5)
+  ax.vlines(x, lo, hi, color=color, alpha=alpha, lw=1.2)
+  ax.plot(x, lo, "_", color=color, alpha=alpha, ms=8)
+  ax.plot(x, np.where(hi < top, hi, np.nan), "_", color=color, alpha=alpha, ms=8)
+  missed = [i for i, st in enumerate(stats) if st["reached"] < st["n"]]
+  if missed:
+    ax.plot(x[missed], [top] * len(missed), marker, mfc="white", mec=color, alpha=alpha, ms=8)
+    for i in missed:
+      ax.annotate(
+        f"{stats[i]['n'] - stats[i]['reached']}/{stats[i]['n']}",
+        (x[i], top),
+        textcoords="offset points",
+        xytext=(6, -3 if marker == "o" else 6),
+        fontsize=7,
+        color=color,
+        alpha=max(alpha, 0.7),
+      )
+
+
+def write_figures(run_dir, out=None, threshold: float | None = None) -> list[Path]:
+  """Draws every figure of the run directory into ``out`` (default
+  RUN_DIR/figures/) as PNG; returns the paths written."""
+  rd = analysis.load_run_dir(run_dir)
+  if threshold is not None and not 0 < threshold <= 1:
+    raise UserError(f"threshold {threshold!r} must be in (0, 1], e.g. 0.99")
+  out = Path(out) if out else rd.path / "figures"
+  if out.exists() and not out.is_dir():
+    raise UserError(f"--out {out} is a file; give a directory for the figures")
+  out.mkdir(parents=True, exist_ok=True)
+  paths = []
+  for name in FIGURES:
+    fig = globals()[name](rd, threshold)
+    path = out / f"{name}.png"
+    fig.savefig(path, dpi=DPI)
+    paths.append(path)
+  return paths

@@ -1,0 +1,248 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from grokjax import analysis, logs
+from grokjax.errors import UserError
+
+STEPS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+# val accuracy reaches 0.99 at this step (None: never) per (train_frac, seed)
+VAL_AT = {
+  (0.3, 0): None,
+  (0.3, 1): None,
+  (0.5, 0): 500,
+  (0.5, 1): None,
+  (0.7, 0): 100,
+  (0.7, 1): 200,
+}
+TRAIN_AT = 20  # every run fits its training set at step 20
+
+
+def curve(at, steps=STEPS, plateau=0.5):
+  """Accuracy per step: ``plateau`` until step ``at``, 1.0 from then on."""
+  return [1.0 if at is not None and s >= at else plateau * s / max(steps[-1], 1) for s in steps]
+
+
+def make_run_dir(path, val_at=VAL_AT, ops=("add",), extra=None, steps=STEPS):
+  """A synthetic finished sweep: runs.json, config.json, metrics.msgpack."""
+  path.mkdir(parents=True, exist_ok=True)
+  runs = [
+    dict(index=i, op=op, p=7, train_frac=f, lr=1e-3, weight_decay=1.0, split_seed=s, seed=s)
+    for i, (op, (f, s)) in enumerate((op, key) for op in ops for key in val_at)
+  ]
+  for r in runs:
+    r.update(extra or {})
+  config = dict(op=ops[0], p=7, steps=steps[-1], threshold=0.99, optim=dict(b1=0.9, b2=0.98))
+  (path / "config.json").write_text(json.dumps(config))
+  (path / "runs.json").write_text(json.dumps(runs))
+  val = np.array([curve(val_at[r["train_frac"], r["seed"]], steps) for r in runs]).T
+  train = np.array([curve(TRAIN_AT, steps) for _ in runs]).T
+  with logs.MetricWriter(path / "metrics.msgpack") as w:
+    for t, step in enumerate(steps):
+      w.write(
+        {
+          "step": step,
+          "train_loss": list(1.0 - train[t] + 1e-3),
+          "train_acc": list(train[t]),
+          "val_loss": list(1.0 - val[t] + 1e-3),
+          "val_acc": list(val[t]),
+          "param_norm": [50.0 - step / 100 + k for k in range(len(runs))],
+        }
+      )
+  return path
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+  return make_run_dir(tmp_path / "sweep")
+
+
+def test_first_step_any_threshold():
+  steps = np.array([0, 10, 20, 30])
+  values_TxK = np.array([[0.1, 0.0], [0.6, 0.2], [0.995, 0.4], [0.9, 0.5]])
+  assert analysis.first_step(steps, values_TxK, 0.99) == [20, None]
+  assert analysis.first_step(steps, values_TxK, 0.5) == [10, 30]
+  assert analysis.first_step(steps, values_TxK, 0.0) == [0, 0]
+
+
+def test_load_run_dir(run_dir):
+  rd = analysis.load_run_dir(run_dir)
+  assert rd.path == run_dir and rd.threshold == 0.99
+  assert [r["index"] for r in rd.runs] == list(range(6))
+  assert rd.metrics["step"].tolist() == STEPS
+  assert rd.metrics["val_acc"].shape == (len(STEPS), 6)
+  assert rd.metrics["val_acc"][-1].tolist() == [0.5, 0.5, 1.0, 0.5, 1.0, 1.0]
+
+
+def test_load_skips_a_torn_tail(run_dir):
+  raw = (run_dir / "metrics.msgpack").read_bytes()
+  (run_dir / "metrics.msgpack").write_bytes(raw[:-7])
+  assert analysis.load_run_dir(run_dir).metrics["step"].tolist() == STEPS[:-1]
+
+
+def _drop_runs_json(d):
+  (d / "runs.json").unlink()
+  return d
+
+
+def _break_config(d):
+  (d / "config.json").write_text("{")
+  return d
+
+
+def _fewer_runs(d):
+  runs = json.loads((d / "runs.json").read_text())
+  (d / "runs.json").write_text(json.dumps(runs[:4]))
+  return d
+
+
+@pytest.mark.parametrize(
+  "breakage, message",
+  [
+    (lambda d: d / "nope", "does not exist"),
+    (_drop_runs_json, r"not a grokjax run directory \(no runs.json\)"),
+    (_break_config, "unreadable config.json"),
+    (_fewer_runs, "holds 6 runs per record but runs.json lists 4"),
+  ],
+)
+def test_load_refuses_what_is_not_a_sweep(run_dir, breakage, message):
+  with pytest.raises(UserError, match=message):
+    analysis.load_run_dir(breakage(run_dir))
+
+
+def test_no_metrics_yet(run_dir):
+  (run_dir / "metrics.msgpack").unlink()
+  rd = analysis.load_run_dir(run_dir)
+  assert rd.metrics == {} and analysis.tidy_rows(rd) == []
+  with pytest.raises(UserError, match="no metric records yet"):
+    analysis.require_metrics(rd)
+
+
+def test_summarize_steps_delay_final(run_dir):
+  rd = analysis.load_run_dir(run_dir)
+  summary = analysis.summarize_arrays(rd.metrics, rd.runs, 0.99)
+  assert [s["train_step"] for s in summary] == [20] * 6
+  assert [s["val_step"] for s in summary] == [None, None, 500, None, 100, 200]
+  assert [s["delay"] for s in summary] == [None, None, 480, None, 80, 180]
+  assert [s["final_val_acc"] for s in summary] == [0.5, 0.5, 1.0, 0.5, 1.0, 1.0]
+  assert not any(s["diverged"] for s in summary)
+  # another threshold: the plateau's 0.25 is reached at step 500 by every run
+  low = analysis.summarize_arrays(rd.metrics, rd.runs, 0.25)
+  assert [s["val_step"] for s in low] == [500, 500, 500, 500, 100, 200]
+  # the record-list entry point agrees
+  records = logs.read_metrics(run_dir / "metrics.msgpack")
+  assert analysis.summarize(records, rd.runs, 0.99) == summary
+
+
+def test_diverged_run_is_flagged(tmp_path):
+  path = make_run_dir(tmp_path / "d")
+  records = logs.read_metrics(path / "metrics.msgpack")
+  records[-1]["train_loss"][1] = math.nan
+  summary = analysis.summarize(records, json.loads((path / "runs.json").read_text()))
+  assert [s["diverged"] for s in summary] == [False, True, False, False, False, False]
+
+
+@pytest.mark.parametrize(
+  "values, median, lo, hi, reached",
+  [
+    ([100, 200], 150, 100, 200, 2),
+    ([100, None], None, 100, 100, 1),  # half never: the median is beyond the budget
+    ([300, 100, None], 300, 100, 300, 2),
+    ([None, None], None, None, None, 0),
+    ([0.5, 0.75, 1.0], 0.75, 0.5, 1.0, 3),
+  ],
+)
+def test_spread_counts_never_as_beyond_the_budget(values, median, lo, hi, reached):
+  s = analysis.spread(values)
+  assert (s["median"], s["min"], s["max"], s["reached"], s["n"]) == (
+    median,
+    lo,
+    hi,
+    reached,
+    len(values),
+  )
+
+
+def test_group_runs_over_seeds_only():
+  runs = [
+    dict(index=i, op="add", train_frac=f, lr=lr, seed=s, split_seed=s)
+    for i, (f, lr, s) in enumerate(
+      (f, lr, s) for f in (0.3, 0.5) for lr in (1e-3, 3e-3) for s in (0, 1, 2)
+    )
+  ]
+  groups = analysis.group_runs(runs)
+  assert [g for g, _ in groups] == [
+    dict(op="add", train_frac=f, lr=lr) for f in (0.3, 0.5) for lr in (1e-3, 3e-3)
+  ]
+  assert [idx for _, idx in groups] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+  by_lr = analysis.group_runs(runs, analysis.SEED_FIELDS + ("train_frac",))
+  assert [idx for _, idx in by_lr] == [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9, 10, 11]]
+  assert analysis.varying([g for g, _ in groups]) == ["train_frac", "lr"]
+
+
+def test_group_summary_medians_over_seeds(run_dir):
+  rd = analysis.load_run_dir(run_dir)
+  groups = analysis.group_summary(analysis.summarize_arrays(rd.metrics, rd.runs), rd.runs)
+  assert [g["setting"]["train_frac"] for g in groups] == [0.3, 0.5, 0.7]
+  assert [g["runs"] for g in groups] == [[0, 1], [2, 3], [4, 5]]
+  val = [g["val_step"] for g in groups]
+  assert [v["median"] for v in val] == [None, None, 150]
+  assert [(v["min"], v["max"], v["reached"]) for v in val] == [
+    (None, None, 0),
+    (500, 500, 1),
+    (100, 200, 2),
+  ]
+  assert groups[2]["delay"]["median"] == 130
+  assert groups[0]["final_val_acc"]["median"] == 0.5
+
+
+def test_table_lists_runs_then_settings(run_dir):
+  rd = analysis.load_run_dir(run_dir)
+  text = analysis.table(
+    analysis.summarize_arrays(rd.metrics, rd.runs), rd.runs, ["train_frac", "seed"]
+  )
+  lines = text.splitlines()
+  assert lines[0].split() == [
+    "run",
+    "train_frac",
+    "seed",
+    "train>=thr",
+    "val>=thr",
+    "delay",
+    "val_acc",
+  ]
+  assert lines[3].split() == ["2", "0.5", "0", "20", "500", "480", "1.000"]
+  assert "median (min-max) over seeds" in text
+  assert lines[-1].split() == [
+    "0.7",
+    "2",
+    "20",
+    "(20-20)",
+    "150",
+    "(100-200)",
+    "130",
+    "(80-180)",
+    "1.000",
+    "(1.000-1.000)",
+  ]
+  assert lines[-2].split()[:6] == ["0.5", "2", "20", "(20-20)", "never", "(500-never)"]
+
+
+def test_tidy_rows(run_dir):
+  rd = analysis.load_run_dir(run_dir)
+  rows = analysis.tidy_rows(rd)
+  assert len(rows) == 6 * len(STEPS)
+  row = rows[len(STEPS) + 3]  # run 1, fourth evaluation
+  assert row["index"] == 1 and row["seed"] == 1 and row["train_frac"] == 0.3
+  assert row["step"] == STEPS[3] and row["val_acc"] == rd.metrics["val_acc"][3, 1]
+  assert list(row) == [
+    *rd.runs[1],
+    "step",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "param_norm",
+  ]

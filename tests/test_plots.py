@@ -1,0 +1,166 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_analysis import make_run_dir
+
+from grokjax import analysis, plots
+from grokjax.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def rd(tmp_path):
+  return analysis.load_run_dir(make_run_dir(tmp_path / "sweep"))
+
+
+def lines_of(ax, min_width=0.0):
+  return [line for line in ax.get_lines() if line.get_linewidth() >= min_width]
+
+
+def test_write_figures_into_run_dir(tmp_path):
+  run_dir = make_run_dir(tmp_path / "sweep")
+  paths = plots.write_figures(run_dir)
+  assert [p.name for p in paths] == ["curves.png", "steps_to_threshold.png", "weight_norm.png"]
+  for p in paths:
+    assert p.parent == run_dir / "figures"
+    data = p.read_bytes()
+    assert data.startswith(PNG) and len(data) > 10_000
+  out = plots.write_figures(run_dir, tmp_path / "elsewhere", threshold=0.5)
+  assert all(p.parent == tmp_path / "elsewhere" and p.stat().st_size > 10_000 for p in out)
+
+
+def test_curves_one_column_per_setting(rd):
+  fig = plots.curves(rd)
+  assert len(fig.axes) == 2 * 3  # accuracy and loss rows, one column per train fraction
+  acc, loss = fig.axes[:3], fig.axes[3:]
+  assert [ax.get_title() for ax in acc] == [f"{f}% training data" for f in (30, 50, 70)]
+  assert all(ax.get_xscale() == "log" for ax in fig.axes)
+  assert [ax.get_yscale() for ax in loss] == ["log"] * 3
+  assert acc[0].get_ylabel() == "accuracy (%)" and loss[0].get_xlabel() == "optimisation steps"
+  assert (
+    "x + y (mod 7)" in fig._suptitle.get_text() and "AdamW lr 0.001" in fig._suptitle.get_text()
+  )
+  # 2 seeds thin + 1 median bold, for train and val, and the threshold line
+  assert len(acc[1].get_lines()) == 2 * 3 + 1
+  bold = lines_of(acc[2], min_width=2)
+  assert len(bold) == 2
+  val_median = bold[1].get_ydata()
+  assert np.allclose(val_median, 100 * np.median(rd.metrics["val_acc"][1:, 4:6], axis=1))
+  for ax in fig.axes:  # step 0 is left out: a log axis cannot show it
+    curves = [line for line in ax.get_lines() if line.get_linestyle() != ":"]
+    assert curves and all(min(line.get_xdata()) >= 1 for line in curves)
+
+
+def test_panels_wrap_after_five_columns(tmp_path):
+  val_at = {(round(0.1 * i, 1), 0): 100 for i in range(1, 8)}
+  rd = analysis.load_run_dir(make_run_dir(tmp_path / "s", val_at=val_at))
+  assert len(plots.curves(rd).axes) == 2 * 7
+  assert len(plots.weight_norm(rd).axes) == 7
+
+
+def test_steps_to_threshold_marks_runs_that_never_got_there(rd):
+  fig = plots.steps_to_threshold(rd)
+  (ax,) = fig.axes
+  assert ax.get_yscale() == "log" and ax.get_xlabel() == "training data (% of all equations)"
+  labels = [t.get_text() for t in fig.legends[0].get_texts()]
+  assert labels == [
+    "validation ≥ 99%",
+    "train ≥ 99%",
+    "not reached in 1,000 steps (seeds missed/seeds)",
+  ]
+  val = next(line for line in ax.get_lines() if line.get_label() == "validation ≥ 99%")
+  assert val.get_xdata().tolist() == [30, 50, 70]
+  y = val.get_ydata()
+  assert np.isnan(y[0]) and np.isnan(y[1]) and y[2] == 150  # 0.5: one seed of two missed
+  hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "white"]
+  assert len(hollow) == 1 and hollow[0].get_xdata().tolist() == [30, 50]
+  assert all(v > 1000 for v in hollow[0].get_ydata())  # on the 'not reached' line, above the budget
+  notes = sorted(t.get_text() for t in ax.texts)
+  assert notes == ["1/2", "2/2"]
+
+
+def test_steps_to_threshold_other_threshold(rd):
+  ax = plots.steps_to_threshold(rd, threshold=0.25).axes[0]
+  val = next(line for line in ax.get_lines() if line.get_label() == "validation ≥ 25%")
+  assert val.get_ydata().tolist() == [500, 500, 150]
+  assert not [line for line in ax.get_lines() if line.get_markerfacecolor() == "white"]
+
+
+def test_one_series_per_operation(tmp_path):
+  rd = analysis.load_run_dir(make_run_dir(tmp_path / "s", ops=("add", "sub")))
+  fig = plots.steps_to_threshold(rd)
+  labels = [t.get_text() for t in fig.legends[0].get_texts()]
+  assert labels[:4] == [
+    "x + y: validation ≥ 99%",
+    "x + y: train ≥ 99%",
+    "x − y: validation ≥ 99%",
+    "x − y: train ≥ 99%",
+  ]
+  assert len(plots.curves(rd).axes) == 2 * 6  # op x train fraction panels
+
+
+def test_weight_norm_panels(rd):
+  fig = plots.weight_norm(rd)
+  assert len(fig.axes) == 3 and fig.axes[0].get_ylabel() == "parameter norm (L2)"
+  ax = fig.axes[2]  # 70%: both seeds reach train at 20 and val at 100/200
+  vlines = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+  assert vlines == [20, 150]
+  assert len(lines_of(fig.axes[0], min_width=2)) == 1  # median of the norm
+
+
+def test_nothing_to_plot_yet(tmp_path):
+  run_dir = make_run_dir(tmp_path / "s", steps=[0])
+  with pytest.raises(UserError, match="step 0 only"):
+    plots.write_figures(run_dir)
+  (run_dir / "metrics.msgpack").unlink()
+  with pytest.raises(UserError, match="no metric records yet"):
+    plots.write_figures(run_dir)
+
+
+def plot_cli(*args):
+  return subprocess.run(
+    [sys.executable, str(ROOT / "experiments" / "plot.py"), *map(str, args)],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+
+
+def test_plot_cli(tmp_path):
+  run_dir = make_run_dir(tmp_path / "sweep")
+  out = plot_cli(run_dir, "--threshold", "0.9", "--out", tmp_path / "figs")
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == [str(tmp_path / "figs" / f"{n}.png") for n in plots.FIGURES]
+  assert all((tmp_path / "figs" / f"{n}.png").read_bytes().startswith(PNG) for n in plots.FIGURES)
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["{tmp}/missing"], "does not exist"),
+    (["{tmp}"], "not a grokjax run directory"),
+    ([], "give exactly one run directory"),
+    (["{tmp}", "{tmp}"], "unexpected arguments"),
+    (["{run}", "--threshold", "1.5"], "threshold 1.5 must be in (0, 1]"),
+  ],
+)
+def test_plot_cli_user_errors(tmp_path, args, message):
+  run = make_run_dir(tmp_path / "run")
+  (tmp_path / "empty").mkdir()
+  out = plot_cli(*(a.format(tmp=tmp_path / "empty", run=run) for a in args))
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+
+
+def test_sweep_imports_no_matplotlib():
+  code = "import sys, grokjax.sweep; assert 'matplotlib' not in sys.modules, 'eager import'"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+  assert out.returncode == 0, out.stderr
