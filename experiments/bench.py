@@ -31,6 +31,9 @@ _KS = flags.DEFINE_list(
 _STEPS = flags.DEFINE_integer("steps", 500, "Timed steps per K (after one warm-up chunk).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Evaluation cadence, as in a sweep.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time a plain PyTorch loop if torch imports.")
+_PRECISION = flags.DEFINE_enum(
+  "precision", "default", ["default", "high", "highest"], "config.matmul_precision to time."
+)
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings for a smoke test (seconds).")
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the rows as JSON.")
 
@@ -41,6 +44,7 @@ def setup_config(name: str, k: int, eval_every: int):
   cfg = runpy.run_path(str(ROOT / SETUPS[name]))["get_config"]()
   cfg.sweep.seeds, cfg.sweep.train_fracs = tuple(range(k)), (0.5,)
   cfg.eval_every = eval_every
+  cfg.matmul_precision = _PRECISION.value
   return cfg
 
 
@@ -132,7 +136,13 @@ def main(argv):
     for row in ([base] if base else []) + [
       bench_grokjax(setup_config(name, k, eval_every), steps) for k in ks
     ]:
-      row.update(setup=name, device=device.device_kind, steps=steps, eval_every=eval_every)
+      row.update(
+        setup=name,
+        device=device.device_kind,
+        steps=steps,
+        eval_every=eval_every,
+        precision=_PRECISION.value,
+      )
       if base:
         row["vs_torch"] = row["run_steps_per_s"] / base["run_steps_per_s"]
       rows.append(row)

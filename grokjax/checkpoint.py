@@ -53,11 +53,12 @@ class LoadedRun(NamedTuple):
   model: object  # the Flax module: model.apply({"params": params}, inputs)
   inputs: np.ndarray  # int32 [N, 4], the full table
   labels: np.ndarray  # int32 [N]
-  train_mask: np.ndarray  # bool [N]: the run's training rows; ~train_mask is val
+  train_mask: np.ndarray  # bool [N]: the run's training rows
+  val_mask: np.ndarray  # bool [N]: its validation rows (all rows of its op not trained on)
 
   def accuracy(self, split: str = "val") -> float:
     """Accuracy of the loaded parameters on the run's ``"train"`` or ``"val"`` split."""
-    rows = self.train_mask if split == "train" else ~self.train_mask
+    rows = self.train_mask if split == "train" else self.val_mask
     logits = self.model.apply({"params": self.params}, self.inputs[rows])
     return float((np.asarray(logits).argmax(-1) == self.labels[rows]).mean())
 
@@ -93,4 +94,5 @@ def load_run(workdir, run: int, step: int | None = None) -> LoadedRun:
     sweep.table.inputs,
     sweep.table.labels,
     sweep.train_masks[run],
+    sweep.val_masks[run],
   )

@@ -17,6 +17,7 @@ from grokjax.errors import UserError
 
 # sweep list -> the run field it sets (and the config value used when the list is empty)
 SWEEP_AXES = {
+  "ops": ("op", "op"),  # several operations train in one program, in a shared vocabulary
   "train_fracs": ("train_frac", None),
   "lr": ("lr", "optim.lr"),
   "weight_decay": ("weight_decay", "optim.weight_decay"),
@@ -37,6 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_points = 200
   c.batch_size = 512  # the cap: each run uses min(batch_size, N_train // 2)
   c.eval_batch = 4096  # table rows per evaluation block (memory, not math)
+  c.matmul_precision = "default"  # float32 matmuls: "default" (JAX's choice), "high", "highest"
   c.threshold = 0.99  # summary: first step with accuracy >= threshold
   c.checkpoint_every = 10_000  # steps between Orbax checkpoints (and one at the end)
   c.checkpoint_keep = 3  # how many checkpoints to keep
@@ -48,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
   )
   c.sweep = ml_collections.ConfigDict(
     dict(
+      ops=(),  # empty: just `op`
       seeds=(0, 1, 2),
       train_fracs=tuple(round(0.1 * i, 1) for i in range(1, 10)),
       split_seeds=(),
@@ -89,6 +92,15 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   cfg.op = data.canonical_op(cfg.op)
   data.num_elements(cfg.op, cfg.p)
+  ops = cfg.sweep.get("ops", ())
+  ops = [ops] if isinstance(ops, str) else list(ops)
+  # --config.sweep.ops=add,sub reaches us as the one string "add,sub"
+  ops = [part.strip() for op in ops for part in str(op).split(",") if part.strip()]
+  cfg.sweep.ops = tuple(data.canonical_op(op) for op in ops)
+  for op in cfg.sweep.ops:
+    data.num_elements(op, cfg.p)
+  if len(set(cfg.sweep.ops)) < len(cfg.sweep.ops):
+    raise UserError(f"sweep.ops lists an operation twice: {', '.join(ops)}")
   for key in (
     "steps",
     "eval_every",
@@ -102,6 +114,10 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     "model.num_heads",
   ):
     _positive_int(cfg, key)
+  if cfg.matmul_precision not in ("default", "high", "highest"):
+    raise UserError(
+      f"matmul_precision={cfg.matmul_precision!r}; choose 'default', 'high' or 'highest'"
+    )
   if cfg.eval_schedule not in ("linear", "log"):
     raise UserError(f"eval_schedule={cfg.eval_schedule!r}; choose 'linear' or 'log'")
   if not 0 < cfg.threshold <= 1:
@@ -111,6 +127,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for name in cfg.sweep.keys():
     if name not in SWEEP_AXES:
       raise UserError(f"unknown sweep axis {name!r}; choose from {', '.join(SWEEP_AXES)}")
+    if name == "ops":
+      continue  # checked above
     values = cfg.sweep[name]
     values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
     kind = int if "seeds" in name else float
@@ -150,12 +168,14 @@ def run_grid(cfg: ml_collections.ConfigDict) -> list[dict]:
   for name, (field, fallback) in SWEEP_AXES.items():
     values = cfg.sweep[name]
     if not values and fallback:
-      section, key = fallback.split(".")
-      values = (cfg[section][key],)
+      node = cfg
+      for part in fallback.split("."):
+        node = node[part]
+      values = (node,)
     axes.append((field, values or (None,)))
   runs = []
   for i, combo in enumerate(itertools.product(*(v for _, v in axes))):
-    run = dict(index=i, op=cfg.op, p=cfg.p, **{f: v for (f, _), v in zip(axes, combo)})
+    run = dict(index=i, p=cfg.p, **{f: v for (f, _), v in zip(axes, combo)})
     if run["split_seed"] is None:
       run["split_seed"] = run["seed"]
     runs.append(run)

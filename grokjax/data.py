@@ -131,13 +131,16 @@ def _s5_table(op: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return x, y, z
 
 
-def make_table(op: str, p: int = 97) -> Table:
+def make_table(op: str, p: int = 97, n_tokens: int | None = None) -> Table:
   """The full table of ``op`` (canonical name or alias) over Z_p, or over S5.
 
-  Division-type operations skip y = 0 and need a prime p.
+  Division-type operations skip y = 0 and need a prime p. ``n_tokens`` (default:
+  the op's own element count) sets the element tokens of the vocabulary, so tables
+  of operations over different sets (Z_97 and S5, say) can share one.
   """
   op = canonical_op(op)
   n = num_elements(op, p)
+  vocab_n = n if n_tokens is None else max(n_tokens, n)
   if op in _S5:
     x, y, z = _s5_table(op)
   else:
@@ -146,8 +149,21 @@ def make_table(op: str, p: int = 97) -> Table:
     if not y_may_be_zero:
       x, y = x[y != 0], y[y != 0]
     z = formula(x.astype(np.int64), y.astype(np.int64), p) % p
-  inputs = np.stack([x, np.full_like(x, op_token(op, n)), y, np.full_like(x, eq_token(n))], 1)
-  return Table(inputs.astype(np.int32), z.astype(np.int32), n, vocab_size(n))
+  inputs = np.stack(
+    [x, np.full_like(x, op_token(op, vocab_n)), y, np.full_like(x, eq_token(vocab_n))], 1
+  )
+  return Table(inputs.astype(np.int32), z.astype(np.int32), vocab_n, vocab_size(vocab_n))
+
+
+def stack_tables(ops, p: int) -> tuple[Table, list[slice]]:
+  """The tables of several operations, one after another in a shared vocabulary,
+  and the rows of each. The answer classes are the largest element set's."""
+  n = max(num_elements(op, p) for op in ops)
+  tables = [make_table(op, p, n_tokens=n) for op in ops]
+  ends = np.cumsum([len(t.labels) for t in tables])
+  rows = [slice(int(e - len(t.labels)), int(e)) for t, e in zip(tables, ends)]
+  inputs = np.concatenate([t.inputs for t in tables])
+  return Table(inputs, np.concatenate([t.labels for t in tables]), n, vocab_size(n)), rows
 
 
 def split_mask(num_examples: int, train_frac: float, seed: int) -> np.ndarray:

@@ -131,7 +131,7 @@ def _require(module: str, key: str, extra: str):
   except ImportError:
     raise UserError(
       f"log.{key}=True needs the {module} package: pip install 'grokjax[{extra}]', "
-      f"or turn it off with --config.log.{key}=False"
+      f"or turn it off (--config.log.{key}=False; experiments/train.py: --no{key})"
     ) from None
 
 

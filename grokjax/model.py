@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from grokjax.errors import UserError
 
 SEQ_LEN = 4  # x, op, y, =
+MODELS = ("transformer",)  # the values of config.model.name
 
 
 class Attention(nn.Module):
@@ -91,4 +92,4 @@ def make_model(model_cfg, vocab_size: int, num_classes: int) -> nn.Module:
     return Transformer(
       vocab_size, num_classes, model_cfg.num_layers, model_cfg.width, model_cfg.num_heads
     )
-  raise UserError(f"unknown model.name {model_cfg.name!r}; choose one of: transformer")
+  raise UserError(f"unknown model.name {model_cfg.name!r}; choose one of: {', '.join(MODELS)}")

@@ -40,12 +40,18 @@ RECONFIGURABLE = {
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-  """Everything host-side a sweep trains from."""
+  """Everything host-side a sweep trains from.
+
+  ``table`` holds the rows of every operation of the sweep (one after another, in
+  a shared vocabulary); run k trains on ``train_masks[k]`` and is validated on
+  ``val_masks[k]``, both over the whole table.
+  """
 
   cfg: object
   runs: list[dict]
   table: data.Table
   train_masks: np.ndarray  # bool [K, N]
+  val_masks: np.ndarray  # bool [K, N]
   batch_sizes: np.ndarray  # int [K]
   model: object  # the Flax module every run trains
 
@@ -54,32 +60,50 @@ class Sweep:
     """The static batch size: the largest run's."""
     return int(self.batch_sizes.max())
 
+  def steps_per_epoch(self, k: int = 0) -> int:
+    """Updates per pass over run k's training set: N_train // its batch size."""
+    return int(self.train_masks[k].sum() // self.batch_sizes[k])
+
   def swept(self) -> list[str]:
-    """Run fields that take more than one value."""
-    return [f for f, _ in config_lib.SWEEP_AXES.values() if len({r[f] for r in self.runs}) > 1]
+    """Run fields that take more than one value (split seeds only when swept)."""
+    fields = [f for f, _ in config_lib.SWEEP_AXES.values() if len({r[f] for r in self.runs}) > 1]
+    return [f for f in fields if f != "split_seed" or self.cfg.sweep.split_seeds]
 
 
 def build(cfg) -> Sweep:
   """Validates cfg and builds the table, the runs and their splits."""
   cfg = config_lib.validate(cfg)
   runs = config_lib.run_grid(cfg)
-  table = data.make_table(cfg.op, cfg.p)
-  n = len(table.labels)
-  masks = np.stack([data.split_mask(n, r["train_frac"], r["split_seed"]) for r in runs])
-  batch_sizes = np.maximum(np.minimum(cfg.batch_size, masks.sum(1) // 2), 1)
+  ops = list(dict.fromkeys(r["op"] for r in runs))
+  table, op_rows = data.stack_tables(ops, cfg.p)
+  train_masks = np.zeros((len(runs), len(table.labels)), bool)
+  val_masks = np.zeros_like(train_masks)
+  for k, r in enumerate(runs):
+    rows = op_rows[ops.index(r["op"])]
+    train = data.split_mask(rows.stop - rows.start, r["train_frac"], r["split_seed"])
+    train_masks[k, rows], val_masks[k, rows] = train, ~train
+  batch_sizes = np.maximum(np.minimum(cfg.batch_size, train_masks.sum(1) // 2), 1)
   model = make_model(cfg.model, table.vocab_size, table.n)
-  return Sweep(cfg, runs, table, masks, batch_sizes, model)
+  return Sweep(cfg, runs, table, train_masks, val_masks, batch_sizes, model)
 
 
 def run_arrays(sweep: Sweep, multiple: int = 1) -> train.Run:
   """The runs as stacked arrays, padded with copies of the last run to a multiple
-  of ``multiple`` (the device count)."""
+  of ``multiple`` (the device count). Each run gets the rows of its operation,
+  padded to the largest operation's count."""
   k = len(sweep.runs)
   idx = np.minimum(np.arange(-(-k // multiple) * multiple), k - 1)
+  own = sweep.train_masks[idx] | sweep.val_masks[idx]  # [K', N]
+  m = int(own.sum(1).max())
+  # Stable sort puts each run's own rows first, in table order.
+  rows = np.argsort(~own, axis=1, kind="stable")[:, :m].astype(np.int32)
+  valid = np.take_along_axis(own, rows, 1)
   col = lambda f, dtype: np.asarray([sweep.runs[i][f] for i in idx], dtype)
   return train.Run(
     seed=col("seed", np.int32),
-    train_mask=sweep.train_masks[idx],
+    rows=rows,
+    valid=valid,
+    train_mask=np.take_along_axis(sweep.train_masks[idx], rows, 1),
     batch_size=sweep.batch_sizes[idx].astype(np.int32),
     lr=col("lr", np.float32),
     weight_decay=col("weight_decay", np.float32),
@@ -105,7 +129,9 @@ def abstract_states(sweep: Sweep, init, table, runs):
 
 def sweep_fns(sweep: Sweep):
   """The jitted, vmapped (init, chunk) of ``train.make_sweep_fns`` for this sweep."""
-  return train.make_sweep_fns(sweep.model, sweep.cfg.optim, sweep.batch, sweep.cfg.eval_batch)
+  cfg = sweep.cfg
+  precision = None if cfg.matmul_precision == "default" else cfg.matmul_precision
+  return train.make_sweep_fns(sweep.model, cfg.optim, sweep.batch, cfg.eval_batch, precision)
 
 
 def default_workdir(cfg) -> Path:
@@ -140,6 +166,7 @@ def _prepare_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
       inputs=sweep.table.inputs,
       labels=sweep.table.labels,
       train_masks=sweep.train_masks,
+      val_masks=sweep.val_masks,
     )
   logs.write_json_atomic(workdir / "runs.json", sweep.runs)
   logs.write_json_atomic(config_path, config_lib.to_json(sweep.cfg))

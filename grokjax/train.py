@@ -18,10 +18,17 @@ from grokjax import optim
 
 
 class Run(NamedTuple):
-  """Per-run constants (stacked on a leading run axis for a sweep)."""
+  """Per-run constants (stacked on a leading run axis for a sweep).
+
+  A run sees M rows of the (possibly multi-operation) table: ``rows`` are their
+  table indices, ``valid`` marks the real ones (a run of an operation with a
+  smaller table is padded), ``train_mask`` its training rows among them.
+  """
 
   seed: jax.Array  # int32: model init and batch order
-  train_mask: jax.Array  # bool [N]: which table rows are the run's training data
+  rows: jax.Array  # int32 [M]: the table rows of the run's operation
+  valid: jax.Array  # bool [M]: real rows (False: padding)
+  train_mask: jax.Array  # bool [M]: training rows; valid & ~train_mask is validation
   batch_size: jax.Array  # int32: this run's batch, <= the static batch size
   lr: jax.Array  # float32
   weight_decay: jax.Array  # float32
@@ -66,7 +73,7 @@ def per_example(model, params, inputs, labels):
 
 
 def batch_indices(run: Run, step, batch: int):
-  """Table rows and weights of one run's batch at ``step``.
+  """Positions (in ``run.rows``) and weights of one run's batch at ``step``.
 
   Epochs over the run's train set: each epoch is a fresh permutation (a function of
   the seed and the epoch, so nothing is stored), cut into ``run.batch_size`` rows a
@@ -87,7 +94,8 @@ def batch_indices(run: Run, step, batch: int):
 
 def train_step(model, optim_cfg, batch: int, table: Table, run: Run, state: TrainState):
   """One AdamW update of one run on its next batch."""
-  rows, weights = batch_indices(run, state.step, batch)
+  slots, weights = batch_indices(run, state.step, batch)
+  rows = run.rows[slots]
 
   def loss_fn(params):
     loss, _ = per_example(model, params, table.inputs[rows], table.labels[rows])
@@ -103,22 +111,22 @@ def evaluate(model, eval_batch: int, table: Table, run: Run, params) -> dict:
   """Loss and accuracy on the run's full train and val sets, and weight norms
   (all parameters, and per top-level module: embeddings, each block, unembedding).
 
-  One forward pass over the whole table serves both sets; it runs in blocks of
+  One forward pass over all the run's rows serves both sets; it runs in blocks of
   ``eval_batch`` rows to bound memory.
   """
-  n = table.labels.shape[0]
+  n = run.rows.shape[0]
   blocks = -(-n // eval_batch)
   size = -(-n // blocks)  # equal blocks of at most eval_batch rows, padding < blocks
-  pad = blocks * size - n
-  inputs = jnp.pad(table.inputs, ((0, pad), (0, 0))).reshape(blocks, size, -1)
-  labels = jnp.pad(table.labels, (0, pad)).reshape(blocks, size)
-  loss, correct = jax.lax.map(lambda b: per_example(model, params, *b), (inputs, labels))
+  rows = jnp.pad(run.rows, (0, blocks * size - n)).reshape(blocks, size)
+  loss, correct = jax.lax.map(
+    lambda r: per_example(model, params, table.inputs[r], table.labels[r]), rows
+  )
   loss, correct = loss.reshape(-1)[:n], correct.reshape(-1)[:n]
 
   def mean(x, mask):
     return jnp.where(mask, x, 0).sum() / jnp.maximum(mask.sum(), 1)
 
-  train, val = run.train_mask, ~run.train_mask
+  train, val = run.train_mask, run.valid & ~run.train_mask
   return dict(
     train_loss=mean(loss, train),
     train_acc=mean(correct, train),
@@ -144,13 +152,19 @@ def make_chunk_fn(model, optim_cfg, batch: int, eval_batch: int):
   return chunk
 
 
-def make_sweep_fns(model, optim_cfg, batch: int, eval_batch: int):
+def make_sweep_fns(model, optim_cfg, batch: int, eval_batch: int, precision=None):
   """Jitted (init, chunk) over a leading run axis.
 
   ``init(table, runs) -> states``; ``chunk(table, runs, states, n_steps) ->
   (states, metrics)`` with each metric a [K] array. ``states`` is donated.
+  ``precision`` ("high", "highest", or None for JAX's default, which may use TF32
+  on recent NVIDIA GPUs) is the float32 matmul precision the chunk compiles with.
   """
   init = jax.jit(jax.vmap(lambda t, r: init_state(model, optim_cfg, t, r), (None, 0)))
-  chunk = make_chunk_fn(model, optim_cfg, batch, eval_batch)
-  chunk = jax.jit(jax.vmap(chunk, (None, 0, 0, None)), donate_argnums=2)
-  return init, chunk
+  batched = jax.vmap(make_chunk_fn(model, optim_cfg, batch, eval_batch), (None, 0, 0, None))
+
+  def chunk(*args):
+    with jax.default_matmul_precision(precision):
+      return batched(*args)
+
+  return init, jax.jit(chunk, donate_argnums=2)

@@ -141,3 +141,40 @@ def test_one_compilation_for_the_whole_sweep(tmp_path, tiny, caplog):
   assert len(compiled) == 1
   steps = [r["step"] for r in logs.read_metrics(tmp_path / "w" / "metrics.msgpack")]
   assert len(set(np.diff(steps))) > 3  # the chunks really had different lengths
+
+
+def test_several_operations_in_one_program(tmp_path, tiny):
+  from grokjax import sweep
+
+  both = sweep.run_sweep(
+    tiny(**{"sweep.ops": ("add", "division")}), tmp_path / "both", progress=False
+  )
+  runs = json.loads((both / "runs.json").read_text())
+  assert [r["op"] for r in runs] == ["add"] * 4 + ["div"] * 4
+  splits = np.load(both / "splits.npz")
+  assert splits["inputs"].shape == (49 + 42, 4)  # div skips y = 0
+  assert not (splits["train_masks"] & splits["val_masks"]).any()
+  assert ((splits["train_masks"] | splits["val_masks"]).sum(1) == [49] * 4 + [42] * 4).all()
+  mixed = logs.read_metrics(both / "metrics.msgpack")
+  for i, op in enumerate(("add", "div")):
+    alone = sweep.run_sweep(tiny(op=op), tmp_path / op, progress=False)
+    for m, a in zip(mixed, logs.read_metrics(alone / "metrics.msgpack"), strict=True):
+      for name in ("train_loss", "val_acc", "val_loss"):
+        np.testing.assert_allclose(m[name][4 * i : 4 * i + 4], a[name], rtol=1e-4, atol=1e-6)
+
+
+def test_ops_flag_parses_a_comma_list(tmp_path):
+  out = sweep_cli(
+    "--config",
+    TINY,
+    "--workdir",
+    str(tmp_path / "w"),
+    "--config.sweep.ops=add,sub",
+    "--config.steps=2",
+    "--config.eval_every=1",
+  )
+  assert out.returncode == 0, out.stderr
+  runs = json.loads((tmp_path / "w" / "runs.json").read_text())
+  assert sorted({r["op"] for r in runs}) == ["add", "sub"]
+  bad = sweep_cli("--config", TINY, "--workdir", str(tmp_path / "v"), "--config.sweep.ops=add,mod")
+  assert bad.returncode == 2 and "unknown op 'mod'" in bad.stderr
