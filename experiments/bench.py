@@ -3,6 +3,7 @@
   python experiments/bench.py                      # quick and paper configs, K = 1..512
   python experiments/bench.py --setups=paper --ks=1,256 --steps=2000
   python experiments/bench.py --quick              # seconds; what the tests run
+  python experiments/bench.py --checkpoint_k=32    # Orbax save time and size per run
 
 Prints one row per (setup, K) and writes the rows as JSON (--out).
 """
@@ -10,13 +11,14 @@ Prints one row per (setup, K) and writes the rows as JSON (--out).
 import json
 import platform
 import runpy
+import tempfile
 import time
 from pathlib import Path
 
 import jax
 from absl import flags
 
-from grokjax import cli, sweep
+from grokjax import checkpoint, cli, sweep
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +35,9 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Evaluation cadence, as in
 _TORCH = flags.DEFINE_bool("torch", True, "Also time a plain PyTorch loop if torch imports.")
 _PRECISION = flags.DEFINE_enum(
   "precision", "default", ["default", "high", "highest"], "config.matmul_precision to time."
+)
+_CHECKPOINT_K = flags.DEFINE_integer(
+  "checkpoint_k", 0, "If > 0, only time an Orbax save of K paper-model runs and report its size."
 )
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings for a smoke test (seconds).")
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the rows as JSON.")
@@ -105,6 +110,30 @@ def bench_torch(cfg, steps: int) -> dict | None:
   return dict(framework="pytorch", k=1, run_steps_per_s=rate)
 
 
+def bench_checkpoint(k: int) -> None:
+  """Save time and on-disk size per run of the batched state of k paper-model runs."""
+  s = sweep.build(setup_config("paper", k, 100))
+  table, runs = sweep.device_inputs(s)
+  init, chunk = sweep.sweep_fns(s)
+  states, _ = chunk(table, runs, init(table, runs), 10)  # Adam moments are zero at init
+  jax.block_until_ready(states)
+  with tempfile.TemporaryDirectory() as tmp:
+    mngr = checkpoint.manager(tmp)
+    for step in (1, 2):  # the first save also sets up the directory: time the second
+      start = time.perf_counter()
+      checkpoint.save(mngr, step, states, {"step": step})
+      blocking = time.perf_counter() - start
+      mngr.wait_until_finished()
+      total = time.perf_counter() - start
+    files = (Path(tmp) / "checkpoints" / "2").rglob("*")
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    mngr.close()
+  print(
+    f"checkpoint of {k} paper-model runs: {size / k / 2**20:.2f} MiB per run, "
+    f"save {total:.2f} s ({blocking:.2f} s blocking the training loop)"
+  )
+
+
 def _cell(row: dict, key: str, spec: str) -> str:
   return format(row[key], spec) if row.get(key) is not None else "-"
 
@@ -112,6 +141,8 @@ def _cell(row: dict, key: str, spec: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
+  if _CHECKPOINT_K.value > 0:
+    return bench_checkpoint(_CHECKPOINT_K.value)
   accelerator = jax.default_backend() != "cpu"
   ks = (
     [int(k) for k in _KS.value]

@@ -16,13 +16,8 @@ _OUT = flags.DEFINE_string("out", None, "Output file (default RUN_DIR/metrics.<f
 
 
 def main(argv):
-  if len(argv) != 2:
-    raise cli.UserError(
-      "give exactly one run directory: python experiments/export.py RUN_DIR --format csv"
-      if len(argv) < 2
-      else f"unexpected arguments {argv[2:]}; give one RUN_DIR"
-    )
-  print(analysis.export(analysis.load_run_dir(argv[1]), _FORMAT.value, _OUT.value))
+  run_dir = cli.run_dir_arg(argv, "python experiments/export.py RUN_DIR --format csv")
+  print(analysis.export(analysis.load_run_dir(run_dir), _FORMAT.value, _OUT.value))
 
 
 if __name__ == "__main__":

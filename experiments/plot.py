@@ -17,13 +17,8 @@ _THRESHOLD = flags.DEFINE_float(
 
 
 def main(argv):
-  if len(argv) != 2:
-    raise cli.UserError(
-      "give exactly one run directory: python experiments/plot.py RUN_DIR [--out DIR]"
-      if len(argv) < 2
-      else f"unexpected arguments {argv[2:]}; give one RUN_DIR"
-    )
-  for path in plots.write_figures(argv[1], _OUT.value, _THRESHOLD.value):
+  run_dir = cli.run_dir_arg(argv, "python experiments/plot.py RUN_DIR [--out DIR]")
+  for path in plots.write_figures(run_dir, _OUT.value, _THRESHOLD.value):
     print(path)
 
 

@@ -55,6 +55,15 @@ def config(holder):
   return cfg
 
 
+def run_dir_arg(argv, usage: str) -> str:
+  """The one positional RUN_DIR of a script's argv; a UserError naming ``usage`` otherwise."""
+  if len(argv) < 2:
+    raise UserError(f"give exactly one run directory: {usage}")
+  if len(argv) > 2:
+    raise UserError(f"unexpected arguments {argv[2:]}; give one RUN_DIR")
+  return argv[1]
+
+
 def run(main) -> None:
   """``absl.app.run`` with user errors reported in one line and exit status 2."""
 

@@ -207,7 +207,7 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
     initial=start,
     unit="step",
     disable=not progress or not points,
-    desc=f"{cfg.op} mod {cfg.p}, {k} runs",
+    desc=f"{', '.join(dict.fromkeys(r['op'] for r in sweep.runs))} (p={cfg.p}), {k} runs",
   )
 
   writer = logs.MetricWriter(workdir / "metrics.msgpack")
