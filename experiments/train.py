@@ -56,8 +56,8 @@ _TRAIN_FRAC = flags.DEFINE_float(
 _MODEL = flags.DEFINE_string(
   "model",
   D.model.name,
-  "Model: transformer (decoder-only, 2 layers, width 128, 4 heads, as in the paper); "
-  "other names are refused with the list of valid ones.",
+  "Model: transformer (decoder-only, 2 layers, width 128, 4 heads, as in the paper) or mlp "
+  "(one-hot inputs, 2 hidden ReLU layers of width 128); others are refused.",
 )
 _LR = flags.DEFINE_float("lr", D.optim.lr, "AdamW learning rate, > 0.")
 _LEARNING_RATE = flags.DEFINE_float(

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from grokjax import config as config_lib
 from grokjax.analysis import load_run_dir
 from grokjax.errors import UserError
 
@@ -75,7 +75,7 @@ def load_run(workdir, run: int, step: int | None = None) -> LoadedRun:
   from grokjax import sweep as sweep_lib  # sweep imports this module
 
   workdir = Path(workdir)
-  sweep = sweep_lib.build(ml_collections.ConfigDict(load_run_dir(workdir).config))
+  sweep = sweep_lib.build(config_lib.from_saved(load_run_dir(workdir).config))
   if not 0 <= run < len(sweep.runs):
     raise UserError(f"run {run} is not in this sweep; runs are 0..{len(sweep.runs) - 1}")
   table, runs = sweep_lib.device_inputs(sweep)

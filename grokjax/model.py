@@ -8,12 +8,13 @@ a leading axis and ``jax.vmap`` trains them together.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from grokjax.errors import UserError
 
 SEQ_LEN = 4  # x, op, y, =
-MODELS = ("transformer",)  # the values of config.model.name
+MODELS = ("transformer", "mlp")  # the values of config.model.name
 
 
 class Attention(nn.Module):
@@ -81,6 +82,23 @@ class Transformer(nn.Module):
     return nn.Dense(self.num_classes, name="unembed")(h)  # logits_BxC
 
 
+class MLP(nn.Module):
+  """The one-hot MLP of the grokking literature: one-hot x, op and y concatenated,
+  ``num_layers`` ReLU hidden layers of ``width``, answer logits."""
+
+  vocab_size: int
+  num_classes: int
+  num_layers: int = 2
+  width: int = 200
+
+  @nn.compact
+  def __call__(self, tokens_BxT):
+    h = jax.nn.one_hot(tokens_BxT[:, :3], self.vocab_size).reshape(tokens_BxT.shape[0], -1)
+    for _ in range(self.num_layers):
+      h = nn.relu(nn.Dense(self.width)(h))
+    return nn.Dense(self.num_classes, name="unembed")(h)
+
+
 def make_model(model_cfg, vocab_size: int, num_classes: int) -> nn.Module:
   """The model a config names (``model.name``), for one vocabulary."""
   if model_cfg.name == "transformer":
@@ -92,4 +110,6 @@ def make_model(model_cfg, vocab_size: int, num_classes: int) -> nn.Module:
     return Transformer(
       vocab_size, num_classes, model_cfg.num_layers, model_cfg.width, model_cfg.num_heads
     )
+  if model_cfg.name == "mlp":
+    return MLP(vocab_size, num_classes, model_cfg.num_layers, model_cfg.width)
   raise UserError(f"unknown model.name {model_cfg.name!r}; choose one of: {', '.join(MODELS)}")

@@ -1,12 +1,16 @@
-"""Optimizers as optax chains.
+"""Optimizers as optax chains, and the gradient filters of the grokking literature.
 
-Per-run hyperparameters (learning rate, weight decay, betas) are injected into the
-optimizer state with ``optax.inject_hyperparams``, so each run of a vmapped sweep
-carries its own values and one compiled program trains them all.
+Per-run hyperparameters (learning rate, weight decay, filter strengths) are injected
+into the optimizer state with ``optax.inject_hyperparams``, so each run of a
+vmapped sweep carries its own values and one compiled program trains them all.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -16,17 +20,168 @@ def warmup(warmup_steps: int) -> optax.Schedule:
   return lambda count: jnp.minimum(1.0, (count + 1) / max(warmup_steps, 1))
 
 
-def make_optimizer(optim_cfg, lr=None, weight_decay=None) -> optax.GradientTransformation:
-  """AdamW (decoupled weight decay) with linear warmup, the paper's optimizer.
+# Per-run hyperparameters that live in the optimizer state (inject_hyperparams).
+INJECTED = (
+  "lr",
+  "weight_decay",
+  "grokfast_alpha",
+  "grokfast_lamb",
+  "grokfast_ma_lamb",
+  "orthograd",
+  "decay_to_init",
+)
 
-  ``lr`` and ``weight_decay`` override the config's values; they may be traced, so
-  ``jax.vmap`` over them gives one optimizer state per run. ``update`` reads the
-  hyperparameters from the state, so any instance updates any run's state.
+
+def _transform(
+  lr,
+  weight_decay,
+  grokfast_alpha,
+  grokfast_lamb,
+  grokfast_ma_lamb,
+  orthograd,
+  decay_to_init,
+  *,
+  b1,
+  b2,
+  ma_window,
+  keep_init,
+  step,
+):
+  """Gradient filters, then AdamW: Adam scaling, decoupled weight decay, -lr."""
+  parts = [orthogonal_grad(orthograd), grokfast_ema(grokfast_alpha, grokfast_lamb)]
+  if ma_window:
+    parts.append(grokfast_ma(ma_window, grokfast_ma_lamb, step))
+  parts += [
+    optax.scale_by_adam(b1, b2),
+    decayed_weights(weight_decay, decay_to_init, keep_init),
+    optax.scale(-lr),
+  ]
+  return optax.chain(*parts)
+
+
+def make_optimizer(
+  optim_cfg, hparams: dict, ma_window: int = 0, keep_init: bool = False, step=None
+) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay) with linear warmup, the paper's optimizer, with the
+  gradient filters of later papers (⊥Grad, Grokfast-EMA, Grokfast-MA), each off at 0.
+
+  ``hparams`` holds one run's values of ``INJECTED`` (they may be traced, so
+  ``jax.vmap`` over them gives one optimizer state per run; ``update`` reads them
+  from the state). ``ma_window`` (0: no MA buffer) and ``keep_init`` (store the
+  initial weights for decay towards them) are static: the state's shape. ``step``
+  (the update's index, the same for every run) places the Grokfast-MA ring buffer's
+  slot; given unbatched under ``vmap``, the buffer is updated in place.
   """
-  adamw = optax.inject_hyperparams(optax.adamw)(
-    learning_rate=optim_cfg.lr if lr is None else lr,
+  core = functools.partial(
+    _transform,
     b1=optim_cfg.b1,
     b2=optim_cfg.b2,
-    weight_decay=optim_cfg.weight_decay if weight_decay is None else weight_decay,
+    ma_window=ma_window,
+    keep_init=keep_init,
+    step=step,
   )
-  return optax.chain(adamw, optax.scale_by_schedule(warmup(optim_cfg.warmup_steps)))
+  static = ("b1", "b2", "ma_window", "keep_init", "step")
+  injected = optax.inject_hyperparams(core, static_args=static)(**{k: hparams[k] for k in INJECTED})
+  return optax.chain(injected, optax.scale_by_schedule(warmup(optim_cfg.warmup_steps)))
+
+
+class DecayState(NamedTuple):
+  init_params: optax.Params | None  # the initial weights, when decaying towards them
+
+
+def decayed_weights(weight_decay, to_init=0.0, keep_init=False) -> optax.GradientTransformation:
+  """Adds weight_decay * (w - w0) to the updates: w0 = 0 (AdamW's decay) or, where
+  ``to_init`` (a 0/1, may be traced), the initial weights (openai/grok's to_init),
+  which are stored only when ``keep_init``."""
+
+  def init(params):
+    return DecayState(params if keep_init else None)
+
+  def update(updates, state, params):
+    if state.init_params is None:
+      return jax.tree.map(lambda u, p: u + weight_decay * p, updates, params), state
+    decay = lambda u, p, p0: u + weight_decay * (p - jnp.where(to_init > 0, p0, 0.0))
+    return jax.tree.map(decay, updates, params, state.init_params), state
+
+  return optax.GradientTransformation(init, update)
+
+
+class GrokfastEmaState(NamedTuple):
+  ema: optax.Updates  # exponential moving average of the gradients
+  count: jax.Array  # gradients seen
+
+
+def grokfast_ema(alpha=0.98, lamb=2.0) -> optax.GradientTransformation:
+  """Grokfast-EMA (Lee et al. 2024): g + lamb * EMA_alpha(g).
+
+  The EMA starts at the first gradient, as in the paper's code. ``alpha`` and
+  ``lamb`` may be traced (one value per run); ``lamb = 0`` leaves g unchanged.
+  """
+
+  def init(params):
+    return GrokfastEmaState(jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+
+  def update(grads, state, params=None):
+    del params
+    first = state.count == 0
+    ema = jax.tree.map(
+      lambda e, g: jnp.where(first, g, alpha * e + (1 - alpha) * g), state.ema, grads
+    )
+    out = jax.tree.map(lambda g, e: g + lamb * e, grads, ema)
+    return out, GrokfastEmaState(ema, state.count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+class GrokfastMaState(NamedTuple):
+  window: optax.Updates  # the last `size` gradients, a ring buffer on a leading axis
+  total: optax.Updates  # their sum
+  count: jax.Array  # gradients seen
+
+
+def grokfast_ma(size: int = 100, lamb=5.0, step=None) -> optax.GradientTransformation:
+  """Grokfast-MA (Lee et al. 2024): g + lamb * mean of the last ``size`` gradients,
+  applied once ``size`` gradients have been seen (before that, g unchanged).
+
+  ``size`` is static (the buffer's shape); ``lamb`` may be traced per run. The mean
+  is kept as a running sum, so a step costs O(parameters), not O(size x parameters).
+  ``step`` (default: the state's own count) is the index of this update; pass it
+  unbatched when vmapping over runs, so the ring buffer's slot is one index for all
+  runs and the write happens in place rather than as a per-run scatter.
+  """
+
+  def init(params):
+    window = jax.tree.map(lambda p: jnp.zeros((size, *p.shape), p.dtype), params)
+    return GrokfastMaState(window, jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+
+  def update(grads, state, params=None):
+    del params
+    seen = state.count if step is None else step
+    slot = seen % size
+    total = jax.tree.map(lambda t, w, g: t - w[slot] + g, state.total, state.window, grads)
+    window = jax.tree.map(lambda w, g: w.at[slot].set(g), state.window, grads)
+    full = seen + 1 >= size
+    out = jax.tree.map(lambda g, t: g + jnp.where(full, lamb / size, 0.0) * t, grads, total)
+    return out, GrokfastMaState(window, total, state.count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def orthogonal_grad(enabled=True) -> optax.GradientTransformation:
+  """⊥Grad (Prieto et al. 2025): remove from each parameter tensor's gradient its
+  component along that tensor, then rescale to the gradient's original norm.
+
+  ``enabled`` may be a traced 0/1 per run (0 leaves the gradients unchanged).
+  """
+
+  def update(grads, state, params):
+    def project(g, w):
+      w_flat, g_flat = w.reshape(-1), g.reshape(-1)
+      coef = jnp.dot(w_flat, g_flat) / (jnp.dot(w_flat, w_flat) + 1e-30)
+      perp = g - coef * w
+      scale = jnp.linalg.norm(g_flat) / (jnp.linalg.norm(perp.reshape(-1)) + 1e-30)
+      return jnp.where(enabled > 0, perp * scale, g)
+
+    return jax.tree.map(project, grads, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -312,6 +312,46 @@ def _threshold_series(ax, x, stats, top, color, marker, ls, alpha, label):
       )
 
 
+def variants(rd: analysis.RunDir, threshold: float | None = None):
+  """The methods side by side (a sweep over ``sweep.variants``): steps until
+  validation accuracy reaches 95% and 99% per variant, median over seeds with
+  min-max bars, hollow markers where seeds never got there. Returns the Figure."""
+  del threshold  # both 95% and 99% are drawn
+  analysis.require_metrics(rd)
+  names = list(dict.fromkeys(r["variant"] for r in rd.runs))
+  budget = int(rd.metrics["step"][-1])
+  top = budget * 2.5
+  fig = _figure(1.1 * len(names) + 3.0, 4.8)
+  ax = fig.subplots()
+  x = np.arange(len(names), dtype=float)
+  for thr, color, marker, shift in ((0.95, "C0", "o", -0.1), (0.99, VAL, "D", 0.1)):
+    summary = analysis.summarize_arrays(rd.metrics, rd.runs, thr)
+    stats = [
+      analysis.spread([s["val_step"] for s, r in zip(summary, rd.runs) if r["variant"] == n])
+      for n in names
+    ]
+    _threshold_series(
+      ax, x + shift, stats, top, color, marker, "none", 1.0, f"validation ≥ {100 * thr:g}%"
+    )
+  ax.axhline(top, color="0.5", ls=":", lw=0.8)
+  ax.set_yscale("log")
+  ax.set_ylim(top / 1e3, top * 2.2)
+  ax.set_xticks(x)
+  ax.set_xticklabels([n.replace("_", "\n", 1) for n in names], fontsize=9)
+  ax.set_xlim(-0.6, len(names) - 0.4)
+  ax.set_ylabel("optimisation steps")
+  ax.grid(True, axis="y", which="major", color="0.9", lw=0.6)
+  fig.suptitle(
+    f"{sweep_label(rd)}\nsteps until validation accuracy ≥ 95% / 99% per method "
+    f"(median of {_seeds(rd.runs)}, bars min to max)",
+    fontsize=11,
+  )
+  handles, labels = ax.get_legend_handles_labels()
+  hollow = dict(marker="o", ls="none", mfc="white", mec="0.4", ms=7)
+  _legend(fig, [(f"not reached in {budget:,} steps (seeds missed/seeds)", hollow)], handles, labels)
+  return fig
+
+
 def write_figures(run_dir, out=None, threshold: float | None = None) -> list[Path]:
   """Draws every figure of the run directory into ``out`` (default
   RUN_DIR/figures/) as PNG; returns the paths written."""
@@ -323,7 +363,8 @@ def write_figures(run_dir, out=None, threshold: float | None = None) -> list[Pat
     raise UserError(f"--out {out} is a file; give a directory for the figures")
   out.mkdir(parents=True, exist_ok=True)
   paths = []
-  for name in FIGURES:
+  extra = ("variants",) if any("variant" in r for r in rd.runs) else ()
+  for name in FIGURES + extra:
     fig = globals()[name](rd, threshold)
     path = out / f"{name}.png"
     fig.savefig(path, dpi=DPI)

@@ -35,6 +35,7 @@ RECONFIGURABLE = {
   "checkpoint_every",
   "checkpoint_keep",
   "log",
+  "interp",
 }
 
 
@@ -66,7 +67,8 @@ class Sweep:
 
   def swept(self) -> list[str]:
     """Run fields that take more than one value (split seeds only when swept)."""
-    fields = [f for f, _ in config_lib.SWEEP_AXES.values() if len({r[f] for r in self.runs}) > 1]
+    axes = config_lib.SWEEP_AXES.values()
+    fields = [f for f, _ in axes if len({r.get(f) for r in self.runs}) > 1]
     return [f for f in fields if f != "split_seed" or self.cfg.sweep.split_seeds]
 
 
@@ -82,7 +84,8 @@ def build(cfg) -> Sweep:
     rows = op_rows[ops.index(r["op"])]
     train = data.split_mask(rows.stop - rows.start, r["train_frac"], r["split_seed"])
     train_masks[k, rows], val_masks[k, rows] = train, ~train
-  batch_sizes = np.maximum(np.minimum(cfg.batch_size, train_masks.sum(1) // 2), 1)
+  n_train = train_masks.sum(1)
+  batch_sizes = np.maximum(np.minimum(cfg.batch_size, (n_train * cfg.batch_frac).astype(int)), 1)
   model = make_model(cfg.model, table.vocab_size, table.n)
   return Sweep(cfg, runs, table, train_masks, val_masks, batch_sizes, model)
 
@@ -99,15 +102,21 @@ def run_arrays(sweep: Sweep, multiple: int = 1) -> train.Run:
   rows = np.argsort(~own, axis=1, kind="stable")[:, :m].astype(np.int32)
   valid = np.take_along_axis(own, rows, 1)
   col = lambda f, dtype: np.asarray([sweep.runs[i][f] for i in idx], dtype)
+  runs = [sweep.runs[i] for i in idx]
+  hparams = {h: np.asarray([_hparam(r, h) for r in runs], np.float32) for h in train.HPARAMS}
   return train.Run(
     seed=col("seed", np.int32),
     rows=rows,
     valid=valid,
     train_mask=np.take_along_axis(sweep.train_masks[idx], rows, 1),
     batch_size=sweep.batch_sizes[idx].astype(np.int32),
-    lr=col("lr", np.float32),
-    weight_decay=col("weight_decay", np.float32),
+    hparams=hparams,
   )
+
+
+def _hparam(run: dict, name: str) -> float:
+  """A run's value of one of train.HPARAMS, from its runs.json entry."""
+  return float(run["loss"] == "stablemax") if name == "stablemax" else float(run[name])
 
 
 def device_inputs(sweep: Sweep) -> tuple[train.Table, train.Run]:
@@ -130,8 +139,16 @@ def abstract_states(sweep: Sweep, init, table, runs):
 def sweep_fns(sweep: Sweep):
   """The jitted, vmapped (init, chunk) of ``train.make_sweep_fns`` for this sweep."""
   cfg = sweep.cfg
+  static = train.Static(
+    sweep.model,
+    cfg.optim,
+    sweep.batch,
+    cfg.eval_batch,
+    ma_window=cfg.method.grokfast_window if any(r["grokfast_ma_lamb"] for r in sweep.runs) else 0,
+    keep_init=any(r["decay_to_init"] for r in sweep.runs),
+  )
   precision = None if cfg.matmul_precision == "default" else cfg.matmul_precision
-  return train.make_sweep_fns(sweep.model, cfg.optim, sweep.batch, cfg.eval_batch, precision)
+  return train.make_sweep_fns(static, precision)
 
 
 def default_workdir(cfg) -> Path:
@@ -249,6 +266,10 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   )
   logs.write_json_atomic(workdir / "summary.json", summary)
   plots.write_figures(workdir, threshold=cfg.threshold)
+  if cfg.interp:
+    from grokjax import interp  # matplotlib and the Fourier tools, only when asked for
+
+    interp.write_figures(workdir)
   if points and progress:
     print(analysis.table(summary, sweep.runs, sweep.swept()))
     print(f"run directory: {workdir}")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from grokjax import optim
+from grokjax import losses, optim
 
 
 class Run(NamedTuple):
@@ -30,8 +30,7 @@ class Run(NamedTuple):
   valid: jax.Array  # bool [M]: real rows (False: padding)
   train_mask: jax.Array  # bool [M]: training rows; valid & ~train_mask is validation
   batch_size: jax.Array  # int32: this run's batch, <= the static batch size
-  lr: jax.Array  # float32
-  weight_decay: jax.Array  # float32
+  hparams: dict  # float32 per run: lr, weight_decay, and the HPARAMS of config.method
 
 
 class TrainState(NamedTuple):
@@ -57,19 +56,37 @@ def _keys(seed):
   return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
 
-def init_state(model, optim_cfg, table: Table, run: Run) -> TrainState:
-  """Fresh parameters and optimizer state of one run."""
+HPARAMS = (*optim.INJECTED, "stablemax", "init_scale", "norm_target")
+
+
+class Static(NamedTuple):
+  """What every run of a program shares: model, optimizer config, shapes."""
+
+  model: object
+  optim_cfg: object
+  batch: int  # the static batch size
+  eval_batch: int  # table rows per evaluation block
+  ma_window: int = 0  # Grokfast-MA buffer length (0: no run uses it)
+  keep_init: bool = False  # some run decays towards its initial weights
+
+
+def _optimizer(static: Static, hparams: dict, step=None):
+  return optim.make_optimizer(static.optim_cfg, hparams, static.ma_window, static.keep_init, step)
+
+
+def init_state(static: Static, table: Table, run: Run) -> TrainState:
+  """Fresh parameters (times the run's init_scale) and optimizer state of one run."""
   init_key, _ = _keys(run.seed)
-  params = model.init(init_key, table.inputs[:1])["params"]
-  tx = optim.make_optimizer(optim_cfg, lr=run.lr, weight_decay=run.weight_decay)
-  return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+  params = static.model.init(init_key, table.inputs[:1])["params"]
+  params = jax.tree.map(lambda p: p * run.hparams["init_scale"], params)
+  return TrainState(params, _optimizer(static, run.hparams).init(params), jnp.zeros((), jnp.int32))
 
 
-def per_example(model, params, inputs, labels):
-  """Cross-entropy and correctness of the answer token, per example."""
+def per_example(model, params, inputs, labels, stablemax=False):
+  """Cross-entropy (StableMax's where ``stablemax``) and correctness of the answer
+  token, per example."""
   logits = model.apply({"params": params}, inputs)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return loss, (logits.argmax(-1) == labels)
+  return losses.cross_entropy(logits, labels, stablemax), (logits.argmax(-1) == labels)
 
 
 def batch_indices(run: Run, step, batch: int):
@@ -92,19 +109,29 @@ def batch_indices(run: Run, step, batch: int):
   return rows, (slots < run.batch_size).astype(jnp.float32)
 
 
-def train_step(model, optim_cfg, batch: int, table: Table, run: Run, state: TrainState):
-  """One AdamW update of one run on its next batch."""
-  slots, weights = batch_indices(run, state.step, batch)
+def train_step(static: Static, table: Table, run: Run, state: TrainState, step=None):
+  """One update of one run on its next batch (then the fixed-norm projection, if on).
+
+  ``step`` is ``state.step`` given unbatched (every run of a sweep is at the same
+  step), which keeps per-step indexing a single index under ``vmap``.
+  """
+  step = state.step if step is None else step
+  slots, weights = batch_indices(run, step, static.batch)
   rows = run.rows[slots]
+  stablemax = run.hparams["stablemax"] > 0
 
   def loss_fn(params):
-    loss, _ = per_example(model, params, table.inputs[rows], table.labels[rows])
+    loss, _ = per_example(static.model, params, table.inputs[rows], table.labels[rows], stablemax)
     return (loss * weights).sum() / weights.sum()
 
   grads = jax.grad(loss_fn)(state.params)
-  tx = optim.make_optimizer(optim_cfg)  # hyperparameters come from the state
+  tx = _optimizer(static, run.hparams, step)  # update() reads the hyperparameters from the state
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1)
+  params = optax.apply_updates(state.params, updates)
+  target = run.hparams["norm_target"]
+  scale = jnp.where(target > 0, target / optax.tree.norm(params), 1.0)
+  params = jax.tree.map(lambda p: p * scale, params)
+  return TrainState(params, opt_state, state.step + 1)
 
 
 def evaluate(model, eval_batch: int, table: Table, run: Run, params) -> dict:
@@ -118,8 +145,9 @@ def evaluate(model, eval_batch: int, table: Table, run: Run, params) -> dict:
   blocks = -(-n // eval_batch)
   size = -(-n // blocks)  # equal blocks of at most eval_batch rows, padding < blocks
   rows = jnp.pad(run.rows, (0, blocks * size - n)).reshape(blocks, size)
+  stablemax = run.hparams["stablemax"] > 0
   loss, correct = jax.lax.map(
-    lambda r: per_example(model, params, table.inputs[r], table.labels[r]), rows
+    lambda r: per_example(model, params, table.inputs[r], table.labels[r], stablemax), rows
   )
   loss, correct = loss.reshape(-1)[:n], correct.reshape(-1)[:n]
 
@@ -137,22 +165,23 @@ def evaluate(model, eval_batch: int, table: Table, run: Run, params) -> dict:
   )
 
 
-def make_chunk_fn(model, optim_cfg, batch: int, eval_batch: int):
-  """``chunk(table, run, state, n_steps) -> (state, metrics)`` for ONE run.
+def make_chunk_fn(static: Static):
+  """``chunk(table, run, state, n_steps, start) -> (state, metrics)`` for ONE run.
 
   Takes ``n_steps`` updates (a traced count: any chunk length, one compilation)
-  and then evaluates. Vmap it over runs; see ``make_sweep_fns``.
+  and then evaluates; ``start`` is the state's step, shared by all runs. Vmap it
+  over runs; see ``make_sweep_fns``.
   """
 
-  def chunk(table, run, state, n_steps):
-    step = lambda _, s: train_step(model, optim_cfg, batch, table, run, s)
+  def chunk(table, run, state, n_steps, start):
+    step = lambda i, s: train_step(static, table, run, s, start + i)
     state = jax.lax.fori_loop(0, n_steps, step, state)
-    return state, evaluate(model, eval_batch, table, run, state.params)
+    return state, evaluate(static.model, static.eval_batch, table, run, state.params)
 
   return chunk
 
 
-def make_sweep_fns(model, optim_cfg, batch: int, eval_batch: int, precision=None):
+def make_sweep_fns(static: Static, precision=None):
   """Jitted (init, chunk) over a leading run axis.
 
   ``init(table, runs) -> states``; ``chunk(table, runs, states, n_steps) ->
@@ -160,11 +189,11 @@ def make_sweep_fns(model, optim_cfg, batch: int, eval_batch: int, precision=None
   ``precision`` ("high", "highest", or None for JAX's default, which may use TF32
   on recent NVIDIA GPUs) is the float32 matmul precision the chunk compiles with.
   """
-  init = jax.jit(jax.vmap(lambda t, r: init_state(model, optim_cfg, t, r), (None, 0)))
-  batched = jax.vmap(make_chunk_fn(model, optim_cfg, batch, eval_batch), (None, 0, 0, None))
+  init = jax.jit(jax.vmap(lambda t, r: init_state(static, t, r), (None, 0)))
+  batched = jax.vmap(make_chunk_fn(static), (None, 0, 0, None, None))
 
-  def chunk(*args):
+  def chunk(table, runs, states, n_steps):
     with jax.default_matmul_precision(precision):
-      return batched(*args)
+      return batched(table, runs, states, n_steps, states.step[0])  # runs move in lockstep
 
   return init, jax.jit(chunk, donate_argnums=2)

@@ -22,7 +22,7 @@ def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
   s, model, table = _setup(cfg)
   runs = sweep.run_arrays(s)
   assert len(set(s.batch_sizes.tolist())) > 1
-  init, chunk = train.make_sweep_fns(model, s.cfg.optim, s.batch, 64)
+  init, chunk = sweep.sweep_fns(s)
   states, metrics = chunk(table, runs, init(table, runs), 25)
   for i in (0, 3, len(s.runs) - 1):
     alone = _subset(runs, [i])
@@ -37,7 +37,7 @@ def test_chunks_compose(tiny):
   # 10 + 15 steps equal 25 steps: a chunk's length changes nothing but the eval.
   s, model, table = _setup(tiny())
   runs = sweep.run_arrays(s)
-  init, chunk = train.make_sweep_fns(model, s.cfg.optim, s.batch, 64)
+  init, chunk = sweep.sweep_fns(s)
   a, _ = chunk(table, runs, init(table, runs), 25)
   b, _ = chunk(table, runs, init(table, runs), 10)
   b, _ = chunk(table, runs, b, 15)
@@ -67,7 +67,7 @@ def test_batches_are_epochs_over_the_train_set(tiny):
 def test_evaluation_matches_a_direct_computation(tiny):
   s, model, table = _setup(tiny())
   runs = sweep.run_arrays(s)
-  init, _ = train.make_sweep_fns(model, s.cfg.optim, s.batch, 64)
+  init, _ = sweep.sweep_fns(s)
   params = jax.tree.map(lambda x: x[1], init(table, runs).params)
   run = _subset(runs, 1)
   m = train.evaluate(model, 16, table, run, params)  # 49 rows in blocks of 16: padded
@@ -86,8 +86,9 @@ def test_warmup_and_per_run_hyperparameters(tiny):
   np.testing.assert_allclose([optim.warmup(10)(t) for t in (0, 4, 9, 50)], [0.1, 0.5, 1, 1])
   params = {"w": jnp.ones(3)}
   grads = {"w": jnp.zeros(3)}  # only weight decay moves the weights
-  tx = optim.make_optimizer(cfg, lr=0.5, weight_decay=0.1)
+  off = dict.fromkeys(optim.INJECTED, 0.0)
+  tx = optim.make_optimizer(cfg, dict(off, lr=0.5, weight_decay=0.1))
   state = tx.init(params)
-  updates, _ = optim.make_optimizer(cfg).update(grads, state, params)
+  updates, _ = optim.make_optimizer(cfg, off).update(grads, state, params)
   # first update: warmup 1/10 of lr 0.5 times wd 0.1 times w = 1
   np.testing.assert_allclose(updates["w"], -0.5 * 0.1 * 0.1 * np.ones(3), rtol=1e-6)

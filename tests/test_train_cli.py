@@ -211,7 +211,7 @@ def test_bad_flags_one_line_exit_2(tmp_path):
     (["--op", "nope"], "unknown op 'nope'"),
     (["--operation=add", "--op=sub"], "--op=sub and --operation=add disagree"),
     (["--epochs=2", "--steps=5"], "disagree"),
-    (["--model", "mlp"], "choose one of: transformer"),
+    (["--model", "lstm"], "choose one of: transformer, mlp"),
     (["--p", "96"], "must be prime"),
     (["--steps", "abc"], "--steps=abc"),
     (["runs-dir", "--workdir", "w"], "not both"),

@@ -1,0 +1,137 @@
+"""grokjax.interp: Fourier basis, key frequencies, restricted/excluded logits, figures."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from grokjax import config as config_lib
+from grokjax import interp
+from grokjax.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("p", [31, 12])
+def test_fourier_basis_is_orthonormal(p):
+  basis = interp.fourier_basis(p)
+  np.testing.assert_allclose(basis @ basis.T, np.eye(p), atol=1e-12)
+  assert interp.row_frequency(p).max() == p // 2 == interp.num_frequencies(p) - 1
+
+
+def _synthetic_embedding(p, amplitudes, width=64, noise=0.02, seed=0):
+  rng = np.random.default_rng(seed)
+  x = np.arange(p)
+  e = noise * rng.normal(size=(p, width))
+  for k, a in amplitudes.items():
+    u, v = rng.normal(size=(2, width)) / np.sqrt(width)
+    e += a * (
+      np.outer(np.cos(2 * np.pi * k * x / p), u) + np.outer(np.sin(2 * np.pi * k * x / p), v)
+    )
+  return e
+
+
+@pytest.mark.parametrize(
+  "amplitudes", [{3: 1.0, 7: 0.7, 11: 0.5}, {5: 1.0}, {1: 1, 2: 1, 9: 1, 14: 1}]
+)
+def test_key_frequencies_of_a_synthetic_embedding(amplitudes):
+  e = _synthetic_embedding(31, amplitudes)
+  norms = np.asarray(interp.freq_norms(jnp.asarray(e)))
+  assert norms.shape == (16,)
+  assert interp.key_frequencies(norms).tolist() == sorted(amplitudes)
+  assert interp.key_share(norms, sorted(amplitudes)) > 0.95
+
+
+def test_freq_norms_match_the_matrix_norm():
+  e = np.random.default_rng(1).normal(size=(13, 8))
+  norms = np.asarray(interp.freq_norms(jnp.asarray(e)))
+  np.testing.assert_allclose(np.sum(norms**2), np.sum(e**2), rtol=1e-5)
+
+
+def test_gini():
+  assert abs(float(interp.gini(jnp.ones(10)))) < 1e-6
+  np.testing.assert_allclose(float(interp.gini(jnp.eye(10)[3])), 0.9, rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["add", "sub"])
+def test_restricted_plus_excluded_is_the_logits(op):
+  p, keys = 11, [2, 5]
+  phase = interp.phase_index(p, interp.check_op(op))
+  mask = np.isin(np.arange(interp.num_frequencies(p)), keys)
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(p, p, p)), jnp.float32)
+  restricted, excluded = interp.split_logits(logits, phase, mask)
+  np.testing.assert_allclose(restricted + excluded, logits, atol=1e-6)
+  # restricted is a projection: applying it again changes nothing, excluded has no key part
+  again, rest = interp.split_logits(restricted, phase, mask)
+  np.testing.assert_allclose(again, restricted, atol=1e-5)
+  np.testing.assert_allclose(rest, 0, atol=1e-5)
+  np.testing.assert_allclose(interp.split_logits(excluded, phase, mask)[0], 0, atol=1e-5)
+  # logits made of the key directions (plus a per-(x, y) constant) are kept whole
+  w = 2 * np.pi * np.asarray(keys) / p
+  ideal = sum(np.cos(wk * phase) + 0.5 * np.sin(wk * phase) for wk in w)
+  restricted, excluded = interp.split_logits(jnp.asarray(ideal, jnp.float32), phase, mask)
+  np.testing.assert_allclose(restricted, ideal, atol=1e-5)
+  # ... and argmax z of cos(w_k(x + y - z)) is the answer
+  x, y = 3, 9
+  z = (x + interp.SIGNS[op] * y) % p
+  assert int(np.argmax(ideal[x, y])) == z
+
+
+@pytest.mark.parametrize("op", ["s5", "cubic", "mul", "div"])
+def test_ops_without_the_fourier_view_are_refused(op):
+  with pytest.raises(UserError, match="no Fourier view"):
+    interp.check_op(op)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  from grokjax import sweep
+
+  cfg = tiny_config(**{"sweep.train_fracs": (0.8,), "checkpoint_every": 10, "checkpoint_keep": 10})
+  workdir = tmp_path_factory.mktemp("interp") / "run"
+  sweep.run_sweep(cfg, workdir, progress=False)
+  return workdir
+
+
+def test_write_figures(trained):
+  paths = interp.write_figures(trained)
+  names = sorted(p.name for p in paths)
+  assert names == sorted(
+    [f"interp_run{k}_{f}.png" for k in (0, 1) for f in interp.FIGURES] + ["interp.json"]
+  )
+  summ = json.loads((trained / "interp.json").read_text())
+  assert [s["run"] for s in summ] == [0, 1]
+  assert sorted(map(int, summ[0]["gini_at"])) == [0, 10, 20, 30, 40]
+  m = interp.compute(trained)
+  assert m.values["embed_norms"].shape == (5, 2, 4)
+  # step 0 is the initialisation: the restricted loss of near-zero logits is ~log p
+  assert abs(m.values["restricted_loss"][0] - np.log(7)).max() < 0.1
+
+
+def _script(*args):
+  return subprocess.run(
+    [sys.executable, str(ROOT / "experiments" / "interp.py"), *map(str, args)],
+    capture_output=True,
+    text=True,
+  )
+
+
+def test_script_user_errors(tmp_path):
+  out = _script(tmp_path / "missing")
+  assert out.returncode == 2 and out.stderr.startswith("error: ") and "does not exist" in out.stderr
+  cfg = config_lib.default_config()
+  cfg.op, cfg.p = "cubic", 7
+  (tmp_path / "config.json").write_text(config_lib.to_json(cfg))
+  (tmp_path / "runs.json").write_text(json.dumps([dict(index=0, op="cubic", p=7, seed=0)]))
+  out = _script(tmp_path)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+    "error: op 'cubic' has no Fourier view here; progress measures support add and sub "
+    "(x ± y mod p) only"
+  ]

@@ -1,0 +1,169 @@
+"""Grokfast, ⊥Grad, StableMax, weight-norm control, the MLP, and variants side by side."""
+
+import json
+from collections import deque
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grokjax import config, logs, losses, optim, sweep
+from grokjax.config import default_config
+from grokjax.model import make_model
+
+PARAMS = {"a": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.array([0.3, -0.7, 1.1])}
+
+
+def _grads(rng, n):
+  return [
+    jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), PARAMS)
+    for _ in range(n)
+  ]
+
+
+def test_grokfast_ema_against_numpy():
+  alpha, lamb = 0.9, 2.0
+  tx = optim.grokfast_ema(alpha, lamb)
+  state = tx.init(PARAMS)
+  ema = None
+  for g in _grads(np.random.default_rng(0), 6):
+    out, state = tx.update(g, state)
+    g = jax.tree.map(np.asarray, g)
+    ema = g if ema is None else jax.tree.map(lambda e, x: alpha * e + (1 - alpha) * x, ema, g)
+    for o, x, e in zip(jax.tree.leaves(out), jax.tree.leaves(g), jax.tree.leaves(ema)):
+      np.testing.assert_allclose(o, x + lamb * e, rtol=1e-5, atol=1e-6)
+
+
+def test_grokfast_ma_against_numpy():
+  size, lamb = 3, 5.0
+  tx = optim.grokfast_ma(size, lamb)
+  state = tx.init(PARAMS)
+  window = deque(maxlen=size)
+  for g in _grads(np.random.default_rng(1), 7):
+    out, state = tx.update(g, state)
+    window.append(jax.tree.map(np.asarray, g))
+    for k, o in enumerate(jax.tree.leaves(out)):
+      x = jax.tree.leaves(window[-1])[k]
+      mean = np.mean([jax.tree.leaves(w)[k] for w in window], axis=0)
+      expected = x + lamb * mean if len(window) == size else x  # only once the window is full
+      np.testing.assert_allclose(o, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_orthogonal_grad():
+  g = _grads(np.random.default_rng(2), 1)[0]
+  out, _ = optim.orthogonal_grad(True).update(g, optax_empty(), PARAMS)
+  for o, x, w in zip(jax.tree.leaves(out), jax.tree.leaves(g), jax.tree.leaves(PARAMS)):
+    assert abs(float(jnp.vdot(o, w))) < 1e-5  # orthogonal to the weights
+    np.testing.assert_allclose(jnp.linalg.norm(o), jnp.linalg.norm(x), rtol=1e-5)  # same norm
+  off, _ = optim.orthogonal_grad(0.0).update(g, optax_empty(), PARAMS)
+  for o, x in zip(jax.tree.leaves(off), jax.tree.leaves(g)):
+    np.testing.assert_array_equal(o, x)
+
+
+def optax_empty():
+  import optax
+
+  return optax.EmptyState()
+
+
+def test_decay_towards_initial_weights():
+  tx = optim.decayed_weights(0.5, to_init=1.0, keep_init=True)
+  state = tx.init(PARAMS)
+  moved = jax.tree.map(lambda p: p + 1.0, PARAMS)
+  zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+  out, _ = tx.update(zeros, state, moved)
+  for o in jax.tree.leaves(out):
+    np.testing.assert_allclose(o, 0.5, rtol=1e-6)  # wd * (w - w0) = 0.5 * 1
+  out, _ = optim.decayed_weights(0.5).update(zeros, optim.decayed_weights(0.5).init(PARAMS), moved)
+  for o, w in zip(jax.tree.leaves(out), jax.tree.leaves(moved)):
+    np.testing.assert_allclose(o, 0.5 * w, rtol=1e-6)  # plain AdamW decay towards zero
+
+
+def test_stablemax_values_and_gradients():
+  z = jnp.array([[2.0, -1.0, 0.0, -3.5], [0.5, 0.25, -0.5, 4.0]])
+  y = jnp.array([0, 3])
+  s = np.where(np.asarray(z) >= 0, np.asarray(z) + 1, 1 / (1 - np.asarray(z)))
+  np.testing.assert_allclose(losses.stablemax_s(z), s, rtol=1e-6)
+  expected = -np.log(s[[0, 1], [0, 3]] / s.sum(1))
+  np.testing.assert_allclose(losses.stablemax_cross_entropy(z, y), expected, rtol=1e-6)
+  # d/dz_c = s'(z_c) / sum s - [c == y] s'(z_y) / s(z_y), with s' = 1 or 1 / (1 - z)^2
+  ds = np.where(np.asarray(z) >= 0, 1.0, 1 / (1 - np.asarray(z)) ** 2)
+  grad = ds / s.sum(1, keepdims=True)
+  grad[[0, 1], [0, 3]] -= ds[[0, 1], [0, 3]] / s[[0, 1], [0, 3]]
+  got = jax.grad(lambda z: losses.stablemax_cross_entropy(z, y).sum())(z)
+  np.testing.assert_allclose(got, grad, rtol=1e-5, atol=1e-7)
+  # the per-run switch selects one loss or the other
+  np.testing.assert_allclose(losses.cross_entropy(z, y, jnp.array(True)), expected, rtol=1e-6)
+  assert not np.allclose(losses.cross_entropy(z, y, jnp.array(False)), expected)
+
+
+def test_mlp_model():
+  cfg = default_config().model
+  cfg.name, cfg.width = "mlp", 200
+  model = make_model(cfg, 20, 7)
+  tokens = jnp.array([[1, 7, 2, 8], [3, 7, 4, 8]])
+  params = model.init(jax.random.key(0), tokens)["params"]
+  assert params["Dense_0"]["kernel"].shape == (3 * 20, 200)
+  assert model.apply({"params": params}, tokens).shape == (2, 7)
+
+
+def test_variants_side_by_side(tmp_path, tiny):
+  names = tuple(config.VARIANTS)
+  cfg = tiny(
+    **{
+      "sweep.variants": names,
+      "sweep.train_fracs": (0.5,),
+      "method.grokfast_window": 5,
+      "steps": 20,
+    }
+  )
+  workdir = sweep.run_sweep(cfg, tmp_path / "variants", progress=False)
+  runs = json.loads((workdir / "runs.json").read_text())
+  assert [r["variant"] for r in runs] == [n for n in names for _ in (0, 1)]
+  assert len(names) == 7
+  assert (workdir / "figures" / "variants.png").stat().st_size > 10_000
+  by_name = {r["variant"]: r for r in runs}
+  assert by_name["baseline_lr_matched"]["lr"] == pytest.approx(3e-3)
+  assert by_name["stablemax"]["weight_decay"] == by_name["orthograd"]["weight_decay"] == 0.0
+  records = logs.read_metrics(workdir / "metrics.msgpack")
+  final = records[-1]["train_loss"]
+  assert len(set(np.round(final, 6))) == len(final)  # every variant trains differently
+  # The baseline runs of the comparison equal the same runs trained alone.
+  plain = sweep.run_sweep(
+    tiny(**{"sweep.train_fracs": (0.5,), "steps": 20}), tmp_path / "plain", progress=False
+  )
+  for a, b in zip(records, logs.read_metrics(plain / "metrics.msgpack"), strict=True):
+    np.testing.assert_allclose(a["val_loss"][:2], b["val_loss"], rtol=1e-4)
+
+
+def test_init_scale_and_norm_target(tmp_path, tiny):
+  cfg = tiny(
+    **{
+      "sweep.init_scale": (1.0, 3.0),
+      "sweep.train_fracs": (0.5,),
+      "sweep.seeds": (0,),
+      "steps": 10,
+      "eval_every": 5,
+    }
+  )
+  records = logs.read_metrics(
+    sweep.run_sweep(cfg, tmp_path / "a", progress=False) / "metrics.msgpack"
+  )
+  np.testing.assert_allclose(
+    records[0]["param_norm"][1], 3 * records[0]["param_norm"][0], rtol=1e-5
+  )
+  cfg = tiny(
+    **{"method.norm_target": 20.0, "sweep.train_fracs": (0.5,), "steps": 10, "eval_every": 5}
+  )
+  records = logs.read_metrics(
+    sweep.run_sweep(cfg, tmp_path / "b", progress=False) / "metrics.msgpack"
+  )
+  np.testing.assert_allclose(records[-1]["param_norm"], 20.0, rtol=1e-4)
+
+
+def test_bad_variant_is_refused(tiny):
+  from grokjax.errors import UserError
+
+  with pytest.raises(UserError, match="unknown variant 'grokfast'"):
+    sweep.build(tiny(**{"sweep.variants": ("baseline", "grokfast")}))
