@@ -278,11 +278,16 @@ def steps_to_threshold(rd: analysis.RunDir, threshold: float | None = None):
     f"(median of {_seeds(rd.runs)}, bars min to max)",
     fontsize=11,
   )
+  _not_reached_legend(fig, ax, budget, ncol=2 if len(series) > 1 else None)
+  return fig
+
+
+def _not_reached_legend(fig, ax, budget: int, ncol=None):
+  """The axes' series plus the hollow 'not reached' marker, below the panels."""
   handles, labels = ax.get_legend_handles_labels()
   hollow = dict(marker="o", ls="none", mfc="white", mec="0.4", ms=7)
   not_reached = [(f"not reached in {budget:,} steps (seeds missed/seeds)", hollow)]
-  _legend(fig, not_reached, handles, labels, ncol=2 if len(series) > 1 else None)
-  return fig
+  _legend(fig, not_reached, handles, labels, ncol=ncol)
 
 
 def _threshold_series(ax, x, stats, top, color, marker, ls, alpha, label):
@@ -346,9 +351,7 @@ def variants(rd: analysis.RunDir, threshold: float | None = None):
     f"(median of {_seeds(rd.runs)}, bars min to max)",
     fontsize=11,
   )
-  handles, labels = ax.get_legend_handles_labels()
-  hollow = dict(marker="o", ls="none", mfc="white", mec="0.4", ms=7)
-  _legend(fig, [(f"not reached in {budget:,} steps (seeds missed/seeds)", hollow)], handles, labels)
+  _not_reached_legend(fig, ax, budget)
   return fig
 
 

@@ -16,6 +16,9 @@ import optax
 
 from grokjax import losses, optim
 
+# Per-run numbers of a Run: the optimizer's, then the loss switch and weight-norm knobs.
+HPARAMS = (*optim.INJECTED, "stablemax", "init_scale", "norm_target")
+
 
 class Run(NamedTuple):
   """Per-run constants (stacked on a leading run axis for a sweep).
@@ -30,7 +33,7 @@ class Run(NamedTuple):
   valid: jax.Array  # bool [M]: real rows (False: padding)
   train_mask: jax.Array  # bool [M]: training rows; valid & ~train_mask is validation
   batch_size: jax.Array  # int32: this run's batch, <= the static batch size
-  hparams: dict  # float32 per run: lr, weight_decay, and the HPARAMS of config.method
+  hparams: dict  # HPARAMS -> float32: lr, weight decay, the method knobs (0/1 for switches)
 
 
 class TrainState(NamedTuple):
@@ -54,9 +57,6 @@ def _keys(seed):
   """(init key, batch-order key) of a run, both derived from its seed."""
   key = jax.random.key(seed)
   return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-
-
-HPARAMS = (*optim.INJECTED, "stablemax", "init_scale", "norm_target")
 
 
 class Static(NamedTuple):
