@@ -121,10 +121,22 @@ def _check_keys(cfg, schema, prefix=""):
       _check_keys(cfg[key], schema[key], prefix + key + ".")
 
 
-def _positive_int(cfg, key):
-  value = cfg
+def _get(cfg, key: str):
+  """The value at a dotted key, e.g. "optim.lr"."""
   for part in key.split("."):
-    value = value[part]
+    cfg = cfg[part]
+  return cfg
+
+
+def axis_values(cfg, name: str) -> tuple:
+  """The values a sweep axis takes: its list, else the config value it falls back
+  to (SWEEP_AXES), else nothing."""
+  _, fallback = SWEEP_AXES[name]
+  return tuple(cfg.sweep[name]) or ((_get(cfg, fallback),) if fallback else ())
+
+
+def _positive_int(cfg, key):
+  value = _get(cfg, key)
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
     raise UserError(f"{key}={value!r} must be a positive integer; fix it with --config.{key}=N")
 
@@ -203,24 +215,20 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for s in cfg.sweep[name]:
       if s < 0:
         raise UserError(f"sweep.{name} holds {s!r}; seeds are integers >= 0")
-  for lr in cfg.sweep.lr or (cfg.optim.lr,):
-    if not lr > 0:
-      raise UserError(f"learning rate {lr!r} must be > 0")
-  for wd in cfg.sweep.weight_decay or (cfg.optim.weight_decay,):
-    if not wd >= 0:
-      raise UserError(f"weight decay {wd!r} must be >= 0")
+  for name, label, ok, rule in (
+    ("lr", "learning rate", lambda v: v > 0, "> 0"),
+    ("weight_decay", "weight decay", lambda v: v >= 0, ">= 0"),
+    ("init_scale", "init_scale", lambda v: v > 0, "> 0"),
+    ("grokfast_alpha", "grokfast_alpha", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("grokfast_lamb", "grokfast_lamb", lambda v: v >= 0, ">= 0"),
+  ):
+    for v in axis_values(cfg, name):
+      if not ok(v):
+        raise UserError(f"{label} {v!r} must be {rule}")
   m = cfg.method
   if m.loss not in ("softmax", "stablemax"):
     raise UserError(f"method.loss={m.loss!r}; choose 'softmax' or 'stablemax'")
   _positive_int(cfg, "method.grokfast_window")
-  for name, ok, rule in (
-    ("init_scale", lambda v: v > 0, "> 0"),
-    ("grokfast_alpha", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("grokfast_lamb", lambda v: v >= 0, ">= 0"),
-  ):
-    for v in cfg.sweep[name] or (m[name],):
-      if not ok(v):
-        raise UserError(f"{name} {v!r} must be {rule}")
   if m.grokfast_ma_lamb < 0 or m.norm_target < 0:
     raise UserError("method.grokfast_ma_lamb and method.norm_target must be >= 0")
   return cfg
@@ -231,15 +239,7 @@ def run_grid(cfg: ml_collections.ConfigDict) -> list[dict]:
 
   The order is the product of the axes in ``SWEEP_AXES`` order, seeds fastest.
   """
-  axes = []
-  for name, (field, fallback) in SWEEP_AXES.items():
-    values = cfg.sweep[name]
-    if not values and fallback:
-      node = cfg
-      for part in fallback.split("."):
-        node = node[part]
-      values = (node,)
-    axes.append((field, values or (None,)))
+  axes = [(field, axis_values(cfg, name) or (None,)) for name, (field, _) in SWEEP_AXES.items()]
   runs = []
   for i, combo in enumerate(itertools.product(*(v for _, v in axes))):
     run = dict(index=i, p=cfg.p, **{f: v for (f, _), v in zip(axes, combo)})

@@ -72,11 +72,16 @@ class Sweep:
     return [f for f in fields if f != "split_seed" or self.cfg.sweep.split_seeds]
 
 
+def _ops(runs: list[dict]) -> list[str]:
+  """The operations of a sweep's runs, in order of first appearance."""
+  return list(dict.fromkeys(r["op"] for r in runs))
+
+
 def build(cfg) -> Sweep:
   """Validates cfg and builds the table, the runs and their splits."""
   cfg = config_lib.validate(cfg)
   runs = config_lib.run_grid(cfg)
-  ops = list(dict.fromkeys(r["op"] for r in runs))
+  ops = _ops(runs)
   table, op_rows = data.stack_tables(ops, cfg.p)
   train_masks = np.zeros((len(runs), len(table.labels)), bool)
   val_masks = np.zeros_like(train_masks)
@@ -101,11 +106,10 @@ def run_arrays(sweep: Sweep, multiple: int = 1) -> train.Run:
   # Stable sort puts each run's own rows first, in table order.
   rows = np.argsort(~own, axis=1, kind="stable")[:, :m].astype(np.int32)
   valid = np.take_along_axis(own, rows, 1)
-  col = lambda f, dtype: np.asarray([sweep.runs[i][f] for i in idx], dtype)
   runs = [sweep.runs[i] for i in idx]
   hparams = {h: np.asarray([_hparam(r, h) for r in runs], np.float32) for h in train.HPARAMS}
   return train.Run(
-    seed=col("seed", np.int32),
+    seed=np.asarray([r["seed"] for r in runs], np.int32),
     rows=rows,
     valid=valid,
     train_mask=np.take_along_axis(sweep.train_masks[idx], rows, 1),
@@ -224,7 +228,7 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
     initial=start,
     unit="step",
     disable=not progress or not points,
-    desc=f"{', '.join(dict.fromkeys(r['op'] for r in sweep.runs))} (p={cfg.p}), {k} runs",
+    desc=f"{', '.join(_ops(sweep.runs))} (p={cfg.p}), {k} runs",
   )
 
   writer = logs.MetricWriter(workdir / "metrics.msgpack")

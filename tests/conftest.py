@@ -4,8 +4,24 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import tiny_config as tiny_config_module  # noqa: E402  (tests/ is on sys.path)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(name: str, *args, timeout: int = 120) -> subprocess.CompletedProcess:
+  """experiments/<name>.py with ``args`` in a subprocess, output captured as text."""
+  return subprocess.run(
+    [sys.executable, str(ROOT / "experiments" / f"{name}.py"), *map(str, args)],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def tiny_config(**overrides):

@@ -1,10 +1,9 @@
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 from test_analysis import STEPS, make_run_dir
 
 from grokjax import analysis, logs
@@ -12,15 +11,6 @@ from grokjax import analysis, logs
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FIELDS = ["index", "op", "p", "train_frac", "lr", "weight_decay", "split_seed", "seed"]
 METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "param_norm"]
-
-
-def export_cli(*args):
-  return subprocess.run(
-    [sys.executable, str(ROOT / "experiments" / "export.py"), *map(str, args)],
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
 
 
 @pytest.fixture
@@ -66,11 +56,11 @@ def test_jsonl_with_null_for_non_finite(run_dir):
 
 
 def test_export_cli(run_dir, tmp_path):
-  out = export_cli(run_dir, "--format", "jsonl")
+  out = run_script("export", run_dir, "--format", "jsonl")
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == str(run_dir / "metrics.jsonl")
   assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 6 * len(STEPS)
-  out = export_cli(run_dir, "--out", tmp_path / "table.csv")  # csv by default
+  out = run_script("export", run_dir, "--out", tmp_path / "table.csv")  # csv by default
   assert out.returncode == 0, out.stderr
   assert (tmp_path / "table.csv").read_text().startswith(",".join([*RUN_FIELDS, "step"]))
 
@@ -87,7 +77,7 @@ def test_export_cli(run_dir, tmp_path):
   ],
 )
 def test_export_cli_user_errors(run_dir, tmp_path, args, message):
-  out = export_cli(*(a.format(run=run_dir, tmp=tmp_path) for a in args))
+  out = run_script("export", *(a.format(run=run_dir, tmp=tmp_path) for a in args))
   assert out.returncode == 2
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr

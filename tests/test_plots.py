@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_script
 from test_analysis import make_run_dir
 
 from grokjax import analysis, plots
@@ -123,18 +124,9 @@ def test_nothing_to_plot_yet(tmp_path):
     plots.write_figures(run_dir)
 
 
-def plot_cli(*args):
-  return subprocess.run(
-    [sys.executable, str(ROOT / "experiments" / "plot.py"), *map(str, args)],
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-
-
 def test_plot_cli(tmp_path):
   run_dir = make_run_dir(tmp_path / "sweep")
-  out = plot_cli(run_dir, "--threshold", "0.9", "--out", tmp_path / "figs")
+  out = run_script("plot", run_dir, "--threshold", "0.9", "--out", tmp_path / "figs")
   assert out.returncode == 0, out.stderr
   assert out.stdout.split() == [str(tmp_path / "figs" / f"{n}.png") for n in plots.FIGURES]
   assert all((tmp_path / "figs" / f"{n}.png").read_bytes().startswith(PNG) for n in plots.FIGURES)
@@ -153,7 +145,7 @@ def test_plot_cli(tmp_path):
 def test_plot_cli_user_errors(tmp_path, args, message):
   run = make_run_dir(tmp_path / "run")
   (tmp_path / "empty").mkdir()
-  out = plot_cli(*(a.format(tmp=tmp_path / "empty", run=run) for a in args))
+  out = run_script("plot", *(a.format(tmp=tmp_path / "empty", run=run) for a in args))
   assert out.returncode == 2
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
