@@ -69,6 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.batch_frac = 0.5  # the paper's N_train / 2; 1.0 is full-batch training
   c.eval_batch = 4096  # table rows per evaluation block (memory, not math)
   c.matmul_precision = "default"  # float32 matmuls: "default" (JAX's choice), "high", "highest"
+  c.eval_float64 = False  # also log float64 losses and the float32 "softmax collapse" fraction
   c.threshold = 0.99  # summary: first step with accuracy >= threshold
   c.interp = False  # after the sweep: progress measures and figures (grokjax.interp)
   c.checkpoint_every = 10_000  # steps between Orbax checkpoints (and one at the end)

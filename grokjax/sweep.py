@@ -150,6 +150,7 @@ def sweep_fns(sweep: Sweep):
     cfg.eval_batch,
     ma_window=cfg.method.grokfast_window if any(r["grokfast_ma_lamb"] for r in sweep.runs) else 0,
     keep_init=any(r["decay_to_init"] for r in sweep.runs),
+    eval_float64=cfg.eval_float64,
   )
   precision = None if cfg.matmul_precision == "default" else cfg.matmul_precision
   return train.make_sweep_fns(static, precision)

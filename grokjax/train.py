@@ -8,6 +8,7 @@ masked batch of the static size, so train fractions never cause a recompile.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -68,6 +69,7 @@ class Static(NamedTuple):
   eval_batch: int  # table rows per evaluation block
   ma_window: int = 0  # Grokfast-MA buffer length (0: no run uses it)
   keep_init: bool = False  # some run decays towards its initial weights
+  eval_float64: bool = False  # evaluate the loss in float64 too (see ``evaluate``)
 
 
 def _optimizer(static: Static, hparams: dict, step=None):
@@ -134,27 +136,38 @@ def train_step(static: Static, table: Table, run: Run, state: TrainState, step=N
   return TrainState(params, opt_state, state.step + 1)
 
 
-def evaluate(model, eval_batch: int, table: Table, run: Run, params) -> dict:
+def evaluate(model, eval_batch: int, table: Table, run: Run, params, float64=False) -> dict:
   """Loss and accuracy on the run's full train and val sets, and weight norms
   (all parameters, and per top-level module: embeddings, each block, unembedding).
 
   One forward pass over all the run's rows serves both sets; it runs in blocks of
-  ``eval_batch`` rows to bound memory.
+  ``eval_batch`` rows to bound memory. With ``float64`` (trace it with
+  ``jax.enable_x64(True)``) the losses come from a second forward pass in float64,
+  and ``train_collapse``/``val_collapse`` are the fractions of examples whose
+  float32 loss is exactly 0: Prieto et al.'s "softmax collapse", where the correct
+  class's probability rounds to 1 and the example stops giving gradient.
   """
   n = run.rows.shape[0]
   blocks = -(-n // eval_batch)
   size = -(-n // blocks)  # equal blocks of at most eval_batch rows, padding < blocks
   rows = jnp.pad(run.rows, (0, blocks * size - n)).reshape(blocks, size)
   stablemax = run.hparams["stablemax"] > 0
-  loss, correct = jax.lax.map(
-    lambda r: per_example(model, params, table.inputs[r], table.labels[r], stablemax), rows
-  )
-  loss, correct = loss.reshape(-1)[:n], correct.reshape(-1)[:n]
+
+  def block(r):
+    inputs, labels = table.inputs[r], table.labels[r]
+    loss32, correct = per_example(model, params, inputs, labels, stablemax)
+    if not float64:
+      return loss32, correct, loss32
+    params64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    return per_example(model, params64, inputs, labels, stablemax)[0], correct, loss32
+
+  loss, correct, loss32 = (x.reshape(-1)[:n] for x in jax.lax.map(block, rows))
 
   def mean(x, mask):
     return jnp.where(mask, x, 0).sum() / jnp.maximum(mask.sum(), 1)
 
   train, val = run.train_mask, run.valid & ~run.train_mask
+  collapse = dict(train_collapse=mean(loss32 == 0, train), val_collapse=mean(loss32 == 0, val))
   return dict(
     train_loss=mean(loss, train),
     train_acc=mean(correct, train),
@@ -162,6 +175,7 @@ def evaluate(model, eval_batch: int, table: Table, run: Run, params) -> dict:
     val_acc=mean(correct, val),
     param_norm=optax.tree.norm(params),
     **{f"param_norm/{name}": optax.tree.norm(sub) for name, sub in params.items()},
+    **(collapse if float64 else {}),
   )
 
 
@@ -169,13 +183,16 @@ def make_chunk_fn(static: Static):
   """``chunk(table, run, state, n_steps, start) -> (state, metrics)`` for ONE run.
 
   Takes ``n_steps`` updates (a traced count: any chunk length, one compilation)
-  and then evaluates; ``start`` is the state's step, shared by all runs. Vmap it
-  over runs; see ``make_sweep_fns``.
+  and then evaluates (unless ``static.eval_float64``: ``make_sweep_fns`` then
+  evaluates in a program of its own); ``start`` is the state's step, shared by all
+  runs. Vmap it over runs; see ``make_sweep_fns``.
   """
 
   def chunk(table, run, state, n_steps, start):
     step = lambda i, s: train_step(static, table, run, s, start + i)
     state = jax.lax.fori_loop(0, n_steps, step, state)
+    if static.eval_float64:
+      return state, {}
     return state, evaluate(static.model, static.eval_batch, table, run, state.params)
 
   return chunk
@@ -188,12 +205,29 @@ def make_sweep_fns(static: Static, precision=None):
   (states, metrics)`` with each metric a [K] array. ``states`` is donated.
   ``precision`` ("high", "highest", or None for JAX's default, which may use TF32
   on recent NVIDIA GPUs) is the float32 matmul precision the chunk compiles with.
+  With ``static.eval_float64`` the evaluation is a second program, traced and run
+  with ``jax_enable_x64`` on: 64-bit types exist there and nowhere else.
   """
   init = jax.jit(jax.vmap(lambda t, r: init_state(static, t, r), (None, 0)))
   batched = jax.vmap(make_chunk_fn(static), (None, 0, 0, None, None))
 
+  @functools.partial(jax.jit, donate_argnums=2)
   def chunk(table, runs, states, n_steps):
     with jax.default_matmul_precision(precision):
       return batched(table, runs, states, n_steps, states.step[0])  # runs move in lockstep
 
-  return init, jax.jit(chunk, donate_argnums=2)
+  if not static.eval_float64:
+    return init, chunk
+
+  def eval_one(table, run, params):
+    with jax.default_matmul_precision(precision):
+      return evaluate(static.model, static.eval_batch, table, run, params, float64=True)
+
+  eval64 = jax.jit(jax.vmap(eval_one, (None, 0, 0)))
+
+  def chunk_then_eval64(table, runs, states, n_steps):
+    states, _ = chunk(table, runs, states, n_steps)
+    with jax.enable_x64(True):
+      return states, eval64(table, runs, states.params)
+
+  return init, chunk_then_eval64

@@ -81,6 +81,45 @@ def test_evaluation_matches_a_direct_computation(tiny):
   np.testing.assert_allclose(m["param_norm"], optax.tree.norm(params), rtol=1e-6)
 
 
+def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
+  s, model, table = _setup(tiny())
+  runs = sweep.run_arrays(s)
+  init, _ = sweep.sweep_fns(s)
+  params = jax.tree.map(lambda x: x[1], init(table, runs).params)
+  run = _subset(runs, 1)
+  mask = np.asarray(run.train_mask)
+  labels = np.asarray(table.labels)
+  # Scale the logits (the unembedding) so the train example the model is surest of
+  # has a margin of 25: exp(-25) ~ 1e-11 vanishes next to 1 in float32, not in float64.
+  logits = np.asarray(model.apply({"params": params}, table.inputs))
+  top2 = np.sort(logits, -1)[:, -2:]
+  right = mask & (logits.argmax(-1) == labels)
+  assert right.any()
+  scale = 25 / (top2[:, 1] - top2[:, 0])[right].max()
+  params["unembed"] = jax.tree.map(lambda w: scale * w, params["unembed"])
+
+  with jax.enable_x64(True):
+    m = train.evaluate(model, 16, table, run, params, float64=True)
+  logits32 = model.apply({"params": params}, table.inputs)
+  loss32 = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits32, labels))
+  with jax.enable_x64(True):
+    logits = model.apply(
+      {"params": jax.tree.map(lambda w: w.astype(np.float64), params)}, table.inputs
+    )
+    logits = np.asarray(logits)
+  assert logits.dtype == np.float64
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  loss64 = -np.take_along_axis(log_p, labels[:, None], 1)[:, 0]
+  collapsed = loss32 == 0
+  assert (loss64[collapsed & mask] > 0).any()  # float32 rounded them to 0
+  np.testing.assert_allclose(m["train_loss"], loss64[mask].mean(), rtol=1e-9)
+  np.testing.assert_allclose(m["val_loss"], loss64[~mask].mean(), rtol=1e-9)
+  np.testing.assert_allclose(m["train_collapse"], collapsed[mask].mean(), rtol=1e-9)
+  np.testing.assert_allclose(m["val_collapse"], collapsed[~mask].mean(), rtol=1e-9)
+  assert "train_collapse" not in train.evaluate(model, 16, table, run, params)
+
+
 def test_warmup_and_per_run_hyperparameters(tiny):
   cfg = tiny().optim
   np.testing.assert_allclose([optim.warmup(10)(t) for t in (0, 4, 9, 50)], [0.1, 0.5, 1, 1])
