@@ -69,6 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.batch_frac = 0.5  # the paper's N_train / 2; 1.0 is full-batch training
   c.eval_batch = 4096  # table rows per evaluation block (memory, not math)
   c.matmul_precision = "default"  # float32 matmuls: "default" (JAX's choice), "high", "highest"
+  c.vmap_group = 0  # runs vmapped together, groups one after another; 0: auto (sweep.vmap_group)
   c.eval_float64 = False  # also log float64 losses and the float32 "softmax collapse" fraction
   c.threshold = 0.99  # summary: first step with accuracy >= threshold
   c.interp = False  # after the sweep: progress measures and figures (grokjax.interp)
@@ -178,6 +179,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     "model.num_heads",
   ):
     _positive_int(cfg, key)
+  if isinstance(cfg.vmap_group, bool) or not isinstance(cfg.vmap_group, int) or cfg.vmap_group < 0:
+    raise UserError(f"vmap_group={cfg.vmap_group!r} must be an integer >= 0 (0: automatic)")
   if cfg.matmul_precision not in ("default", "high", "highest"):
     raise UserError(
       f"matmul_precision={cfg.matmul_precision!r}; choose 'default', 'high' or 'highest'"

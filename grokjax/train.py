@@ -198,18 +198,24 @@ def make_chunk_fn(static: Static):
   return chunk
 
 
-def make_sweep_fns(static: Static, precision=None):
+def make_sweep_fns(static: Static, precision=None, group=None):
   """Jitted (init, chunk) over a leading run axis.
 
   ``init(table, runs) -> states``; ``chunk(table, runs, states, n_steps) ->
   (states, metrics)`` with each metric a [K] array. ``states`` is donated.
   ``precision`` ("high", "highest", or None for JAX's default, which may use TF32
   on recent NVIDIA GPUs) is the float32 matmul precision the chunk compiles with.
+  ``group`` (None: all runs) is how many runs are vmapped together; groups take
+  their chunk one after another (``lax.map``), which keeps a CPU's caches warm.
   With ``static.eval_float64`` the evaluation is a second program, traced and run
   with ``jax_enable_x64`` on: 64-bit types exist there and nowhere else.
   """
   init = jax.jit(jax.vmap(lambda t, r: init_state(static, t, r), (None, 0)))
-  batched = jax.vmap(make_chunk_fn(static), (None, 0, 0, None, None))
+  one = make_chunk_fn(static)
+
+  def batched(table, runs, states, n_steps, start):
+    each = lambda rs: one(table, *rs, n_steps, start)
+    return jax.lax.map(each, (runs, states), batch_size=group or 0)  # 0: one vmap of all
 
   @functools.partial(jax.jit, donate_argnums=2)
   def chunk(table, runs, states, n_steps):

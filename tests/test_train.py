@@ -33,6 +33,21 @@ def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
       np.testing.assert_allclose(metrics_i[name][0], metrics[name][i], rtol=1e-4, atol=1e-5)
 
 
+def test_runs_in_groups_equal_runs_all_vmapped(tiny):
+  # 4 runs in groups of 3 (lax.map over one group of 3, then the remainder of 1).
+  s, _, table = _setup(tiny(vmap_group=3))
+  runs = sweep.run_arrays(s)
+  assert sweep.vmap_group(s.cfg, s.batch) == 3
+  init, grouped = sweep.sweep_fns(s)
+  _, together = train.make_sweep_fns(
+    train.Static(s.model, s.cfg.optim, s.batch, s.cfg.eval_batch), None, None
+  )
+  a, metrics_a = grouped(table, runs, init(table, runs), 25)
+  b, metrics_b = together(table, runs, init(table, runs), 25)
+  for x, y in zip(jax.tree.leaves((a, metrics_a)), jax.tree.leaves((b, metrics_b)), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
 def test_chunks_compose(tiny):
   # 10 + 15 steps equal 25 steps: a chunk's length changes nothing but the eval.
   s, model, table = _setup(tiny())
