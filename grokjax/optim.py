@@ -136,6 +136,7 @@ def grokfast_ema(alpha=0.98, lamb=2.0) -> optax.GradientTransformation:
 class GrokfastMaState(NamedTuple):
   window: optax.Updates  # the last `size` gradients, a ring buffer on a leading axis
   total: optax.Updates  # their sum
+  leaving: optax.Updates  # the gradient the next update overwrites (it leaves the sum)
   count: jax.Array  # gradients seen
 
 
@@ -145,24 +146,28 @@ def grokfast_ma(size: int = 100, lamb=5.0, step=None) -> optax.GradientTransform
 
   ``size`` is static (the buffer's shape); ``lamb`` may be traced per run. The mean
   is kept as a running sum, so a step costs O(parameters), not O(size x parameters).
-  ``step`` (default: the state's own count) is the index of this update; pass it
-  unbatched when vmapping over runs, so the ring buffer's slot is one index for all
-  runs and the write happens in place rather than as a per-run scatter.
+  The buffer is only read after it is written (``leaving`` is fetched for the next
+  update): reading the slot before overwriting it made XLA copy the whole buffer
+  twice a step (8x slower on CPU). ``step`` (default: the state's own count) is the
+  index of this update; pass it unbatched when vmapping over runs, so the ring
+  buffer's slot is one index for all runs and the write happens in place.
   """
 
   def init(params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
     window = jax.tree.map(lambda p: jnp.zeros((size, *p.shape), p.dtype), params)
-    return GrokfastMaState(window, jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+    return GrokfastMaState(window, zeros, zeros, jnp.zeros((), jnp.int32))
 
   def update(grads, state, params=None):
     del params
     seen = state.count if step is None else step
     slot = seen % size
-    total = jax.tree.map(lambda t, w, g: t - w[slot] + g, state.total, state.window, grads)
+    total = jax.tree.map(lambda t, old, g: t - old + g, state.total, state.leaving, grads)
     window = jax.tree.map(lambda w, g: w.at[slot].set(g), state.window, grads)
+    leaving = jax.tree.map(lambda w: w[(slot + 1) % size], window)
     full = seen + 1 >= size
     out = jax.tree.map(lambda g, t: g + jnp.where(full, lamb / size, 0.0) * t, grads, total)
-    return out, GrokfastMaState(window, total, state.count + 1)
+    return out, GrokfastMaState(window, total, leaving, state.count + 1)
 
   return optax.GradientTransformation(init, update)
 
