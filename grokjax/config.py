@@ -79,7 +79,8 @@ def default_config() -> ml_collections.ConfigDict:
     dict(name="transformer", num_layers=2, width=128, num_heads=4)
   )
   c.optim = ml_collections.ConfigDict(
-    dict(lr=1e-3, weight_decay=1.0, b1=0.9, b2=0.98, warmup_steps=10)
+    # decoupled: AdamW; False: Adam with L2 (torch.optim.Adam's weight_decay, Grokfast's setting)
+    dict(lr=1e-3, weight_decay=1.0, b1=0.9, b2=0.98, warmup_steps=10, decoupled=True)
   )
   c.method = ml_collections.ConfigDict(
     dict(

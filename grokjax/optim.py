@@ -43,27 +43,29 @@ def _transform(
   *,
   b1,
   b2,
+  decoupled,
   ma_window,
   keep_init,
   step,
 ):
-  """Gradient filters, then AdamW: Adam scaling, decoupled weight decay, -lr."""
+  """Gradient filters, then AdamW: Adam scaling, decoupled weight decay, -lr; or,
+  not ``decoupled``, Adam with an L2 term added to the filtered gradient
+  (``torch.optim.Adam``'s weight_decay, which Grokfast's experiments use)."""
   parts = [orthogonal_grad(orthograd), grokfast_ema(grokfast_alpha, grokfast_lamb)]
   if ma_window:
     parts.append(grokfast_ma(ma_window, grokfast_ma_lamb, step))
-  parts += [
-    optax.scale_by_adam(b1, b2),
-    decayed_weights(weight_decay, decay_to_init, keep_init),
-    optax.scale(-lr),
-  ]
-  return optax.chain(*parts)
+  decay = decayed_weights(weight_decay, decay_to_init, keep_init)
+  adam = optax.scale_by_adam(b1, b2)
+  parts += [adam, decay] if decoupled else [decay, adam]
+  return optax.chain(*parts, optax.scale(-lr))
 
 
 def make_optimizer(
   optim_cfg, hparams: dict, ma_window: int = 0, keep_init: bool = False, step=None
 ) -> optax.GradientTransformation:
-  """AdamW (decoupled weight decay) with linear warmup, the paper's optimizer, with the
-  gradient filters of later papers (⊥Grad, Grokfast-EMA, Grokfast-MA), each off at 0.
+  """AdamW with linear warmup, the paper's optimizer (Adam with L2 where not
+  ``optim_cfg.decoupled``), with the gradient filters of later papers (⊥Grad,
+  Grokfast-EMA, Grokfast-MA), each off at 0.
 
   ``hparams`` holds one run's values of ``INJECTED`` (they may be traced, so
   ``jax.vmap`` over them gives one optimizer state per run; ``update`` reads them
@@ -76,11 +78,12 @@ def make_optimizer(
     _transform,
     b1=optim_cfg.b1,
     b2=optim_cfg.b2,
+    decoupled=optim_cfg.decoupled,
     ma_window=ma_window,
     keep_init=keep_init,
     step=step,
   )
-  static = ("b1", "b2", "ma_window", "keep_init", "step")
+  static = ("b1", "b2", "decoupled", "ma_window", "keep_init", "step")
   injected = optax.inject_hyperparams(core, static_args=static)(**{k: hparams[k] for k in INJECTED})
   return optax.chain(injected, optax.scale_by_schedule(warmup(optim_cfg.warmup_steps)))
 

@@ -146,3 +146,15 @@ def test_warmup_and_per_run_hyperparameters(tiny):
   updates, _ = optim.make_optimizer(cfg, off).update(grads, state, params)
   # first update: warmup 1/10 of lr 0.5 times wd 0.1 times w = 1
   np.testing.assert_allclose(updates["w"], -0.5 * 0.1 * 0.1 * np.ones(3), rtol=1e-6)
+
+
+def test_adam_with_l2_decays_through_adam(tiny):
+  # decoupled=False (torch.optim.Adam's weight_decay): wd * w joins the gradient, and
+  # Adam normalises it, so the first step is ~lr regardless of how small wd * w is.
+  cfg = tiny(**{"optim.decoupled": False}).optim
+  off = dict.fromkeys(optim.INJECTED, 0.0)
+  tx = optim.make_optimizer(cfg, dict(off, lr=0.5, weight_decay=0.1))
+  params = {"w": jnp.ones(3)}
+  updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], -0.5 * 0.1 * np.ones(3), rtol=1e-4)  # warmup 1/10
+
