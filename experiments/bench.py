@@ -4,6 +4,7 @@
   python experiments/bench.py --setups=paper --ks=1,256 --steps=2000
   python experiments/bench.py --quick              # seconds; what the tests run
   python experiments/bench.py --checkpoint_k=32    # Orbax save time and size per run
+  python experiments/bench.py --precision_check    # the quick demo's grokking step per precision
 
 Prints one row per (setup, K) and writes the rows as JSON (--out).
 """
@@ -38,6 +39,12 @@ _PRECISION = flags.DEFINE_enum(
 )
 _CHECKPOINT_K = flags.DEFINE_integer(
   "checkpoint_k", 0, "If > 0, only time an Orbax save of K paper-model runs and report its size."
+)
+_PRECISION_CHECK = flags.DEFINE_bool(
+  "precision_check",
+  False,
+  "Only train the quick demo (3 seeds) at each matmul precision and print its steps to 99% "
+  "train and val accuracy: does the grokking step move with TF32?",
 )
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings for a smoke test (seconds).")
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the rows as JSON.")
@@ -134,6 +141,26 @@ def bench_checkpoint(k: int) -> None:
   )
 
 
+def precision_check() -> None:
+  """Steps to 99% of the quick demo under each float32 matmul precision (on CPU all
+  three are the same float32 math; on NVIDIA GPUs "default" is TF32)."""
+  print(f"# {jax.local_devices()[0].device_kind}: configs/quick.py, 3 seeds")
+  for precision in ("default", "high", "highest"):
+    cfg = runpy.run_path(str(ROOT / SETUPS["quick"]))["get_config"]()
+    cfg.matmul_precision = precision
+    with tempfile.TemporaryDirectory() as tmp:
+      start = time.perf_counter()
+      workdir = sweep.run_sweep(cfg, Path(tmp) / "quick", progress=False)
+      elapsed = time.perf_counter() - start
+      summary = json.loads((workdir / "summary.json").read_text())
+    train, val = ([r[key] for r in summary] for key in ("train_step", "val_step"))
+    final = [round(r["final_val_acc"], 3) for r in summary]
+    print(
+      f"{precision:>8}: steps to 99% train {train}, val {val}; "
+      f"final val acc {final}; {elapsed:.0f} s"
+    )
+
+
 def _cell(row: dict, key: str, spec: str) -> str:
   return format(row[key], spec) if row.get(key) is not None else "-"
 
@@ -143,6 +170,8 @@ def main(argv):
     raise UserError(f"unexpected arguments {argv[1:]}")
   if _CHECKPOINT_K.value > 0:
     return bench_checkpoint(_CHECKPOINT_K.value)
+  if _PRECISION_CHECK.value:
+    return precision_check()
   accelerator = jax.default_backend() != "cpu"
   ks = (
     [int(k) for k in _KS.value]
