@@ -89,6 +89,7 @@ def bench_grokjax(cfg, steps: int) -> dict:
   row = dict(
     framework="grokjax",
     k=k,
+    vmap_group=min(sweep.vmap_group(cfg, s.batch) or k, k),
     run_steps_per_s=rate,
     compile_s=compile_s,
     program_mib_per_run=(mem.argument_size_in_bytes + mem.temp_size_in_bytes) / k / 2**20
@@ -188,7 +189,7 @@ def main(argv):
   )
   print(
     f"{'setup':>6} {'framework':>9} {'K':>4} {'run-steps/s':>12} {'vs torch':>8} "
-    f"{'compile s':>9} {'MiB/run':>8} {'TFLOP/s':>8}"
+    f"{'compile s':>9} {'MiB/run':>8} {'TFLOP/s':>8} {'vmap group':>10}"
   )
   rows = []
   for name in setups:
@@ -210,7 +211,8 @@ def main(argv):
       print(
         f"{name:>6} {row['framework']:>9} {row['k']:>4} {row['run_steps_per_s']:>12.1f} "
         f"{_cell(row, 'vs_torch', '.2f'):>8} {_cell(row, 'compile_s', '.1f'):>9} "
-        f"{format(mem, '.1f') if mem is not None else '-':>8} {_cell(row, 'tflops', '.3f'):>8}",
+        f"{format(mem, '.1f') if mem is not None else '-':>8} {_cell(row, 'tflops', '.3f'):>8} "
+        f"{_cell(row, 'vmap_group', 'd'):>10}",
         flush=True,
       )
   Path(_OUT.value).write_text(json.dumps(rows, indent=2))
