@@ -67,7 +67,7 @@ def sweep_label(rd: analysis.RunDir) -> str:
   if "op" not in swept:
     parts.append(op_label(shared["op"], None if "p" in swept else shared.get("p")))
   optim = rd.config.get("optim", {})
-  adamw = "AdamW"
+  adamw = "AdamW" if optim.get("decoupled", True) else "Adam + L2"
   if "lr" not in swept and "lr" in shared:
     adamw += f" lr {shared['lr']:g}"
   if "weight_decay" not in swept and "weight_decay" in shared:
