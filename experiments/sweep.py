@@ -3,8 +3,11 @@
   python experiments/sweep.py --config configs/div.py [--workdir DIR] [--config.key=value ...]
 
 Running it again with the same --workdir resumes from the last checkpoint.
+On several hosts, start it once per host with --distributed (and, where no cluster
+environment such as SLURM says so, --coordinator, --num_processes and --process_id).
 """
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -17,12 +20,22 @@ _WORKDIR = flags.DEFINE_string(
 _RECONFIGURE = flags.DEFINE_bool(
   "reconfigure", False, "Continue a sweep in --workdir with changed steps/eval/checkpoint settings."
 )
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed", False, "One process per host: jax.distributed.initialize() before anything else."
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator", None, "With --distributed: host:port of process 0 (default: from the cluster)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: process count.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments {argv[1:]}; flags look like --config.steps=1000")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   sweep.run_sweep(cli.config(_CONFIG), _WORKDIR.value, reconfigure=_RECONFIGURE.value)
 
 

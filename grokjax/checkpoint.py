@@ -45,6 +45,16 @@ def restore(mngr: ocp.CheckpointManager, abstract, step: int | None = None):
   return out.state, out.meta
 
 
+def saved_padding(mngr: ocp.CheckpointManager) -> int | None:
+  """How many runs (with the padding to the device count) the latest checkpoint
+  holds; None without a checkpoint or for one saved before this was recorded."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  return meta.get("padded_runs")
+
+
 class LoadedRun(NamedTuple):
   """One run's parameters at a saved step, with what it takes to evaluate them."""
 
@@ -78,10 +88,11 @@ def load_run(workdir, run: int, step: int | None = None) -> LoadedRun:
   sweep = sweep_lib.build(config_lib.from_saved(load_run_dir(workdir).config))
   if not 0 <= run < len(sweep.runs):
     raise UserError(f"run {run} is not in this sweep; runs are 0..{len(sweep.runs) - 1}")
-  table, runs = sweep_lib.device_inputs(sweep)
-  init, _ = sweep_lib.sweep_fns(sweep)
-  abstract = sweep_lib.abstract_states(sweep, init, table, runs)
   with manager(workdir) as mngr:
+    # Restore the runs as saved: padded to the device count of the machine that saved them.
+    table, runs = sweep_lib.device_inputs(sweep, saved_padding(mngr))
+    init, _ = sweep_lib.sweep_fns(sweep)
+    abstract = sweep_lib.abstract_states(sweep, init, table, runs)
     steps = list(mngr.all_steps())
     if not steps or (step is not None and step not in steps):
       raise UserError(f"no checkpoint at step {step} in {workdir}; saved steps: {steps}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
@@ -123,10 +124,12 @@ def _hparam(run: dict, name: str) -> float:
   return float(run["loss"] == "stablemax") if name == "stablemax" else float(run[name])
 
 
-def device_inputs(sweep: Sweep) -> tuple[train.Table, train.Run]:
-  """The table (replicated) and the runs (split over every device on the run axis)."""
+def device_inputs(sweep: Sweep, multiple: int | None = None) -> tuple[train.Table, train.Run]:
+  """The table (replicated) and the runs (split over every device on the run axis,
+  padded to a multiple of ``multiple``, by default the device count)."""
   mesh = jax.make_mesh((jax.device_count(),), ("runs",), axis_types=(AxisType.Auto,))
-  runs = jax.device_put(run_arrays(sweep, jax.device_count()), NamedSharding(mesh, P("runs")))
+  runs = run_arrays(sweep, multiple or jax.device_count())
+  runs = jax.device_put(runs, NamedSharding(mesh, P("runs")))
   table = train.Table(sweep.table.inputs, sweep.table.labels)
   return jax.device_put(table, NamedSharding(mesh, P())), runs
 
@@ -206,8 +209,17 @@ def _prepare_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
 
 
 def _record(step: int, metrics: dict, k: int) -> dict:
-  host = jax.device_get(metrics)
+  """One metrics.msgpack record. Several processes: every one calls this (a gather)."""
+  if jax.process_count() > 1:
+    host = multihost_utils.process_allgather(metrics, tiled=True)
+  else:
+    host = jax.device_get(metrics)
   return {"step": int(step), **{name: [float(x) for x in v[:k]] for name, v in host.items()}}
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = True) -> Path:
@@ -215,15 +227,30 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   checkpoint in ``workdir``. Returns the run directory."""
   sweep = build(cfg)
   cfg = sweep.cfg
+  if jax.process_count() > 1 and not workdir:
+    raise UserError("a sweep over several processes needs --workdir (one directory for all)")
   workdir = Path(workdir) if workdir else default_workdir(cfg)
-  trackers = integrations.make_writer(cfg, sweep.runs, workdir)  # wandb/TensorBoard, if on
-  _prepare_workdir(workdir, sweep, reconfigure)
+  # Every process trains its share of the runs; process 0 alone writes files (the
+  # checkpoints are Orbax's, written by all).
+  primary = jax.process_index() == 0
+  trackers = integrations.Writers()
+  if primary:
+    trackers = integrations.make_writer(cfg, sweep.runs, workdir)  # wandb/TensorBoard, if on
+    _prepare_workdir(workdir, sweep, reconfigure)
+  _barrier("workdir")
 
   k = len(sweep.runs)
   table, runs = device_inputs(sweep)
   init, chunk = sweep_fns(sweep)
 
   mngr = checkpoint.manager(workdir, cfg.checkpoint_keep)
+  padded = int(runs.seed.shape[0])
+  saved = checkpoint.saved_padding(mngr)
+  if saved not in (None, padded):
+    raise UserError(
+      f"the checkpoints in {workdir} hold {saved} runs with padding, this machine's "
+      f"{jax.device_count()} devices pad to {padded}: resume on as many devices as it started on"
+    )
   restored = checkpoint.restore(mngr, abstract_states(sweep, init, table, runs))
   start = 0
   if restored:
@@ -231,23 +258,26 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
     start = int(meta["step"])
   else:
     states = init(table, runs)
-  logs.truncate_metrics(workdir / "metrics.msgpack", start if restored else -1)
+  if primary:
+    logs.truncate_metrics(workdir / "metrics.msgpack", start if restored else -1)
   points = [s for s in config_lib.eval_steps(cfg) if s > start or (s == 0 and not restored)]
-  if not points:
+  if not points and primary:
     print(f"sweep in {workdir} is finished ({start} steps); nothing to do")
   bar = tqdm(
     total=cfg.steps,
     initial=start,
     unit="step",
-    disable=not progress or not points,
+    disable=not progress or not points or not primary,
     desc=f"{', '.join(_ops(sweep.runs))} (p={cfg.p}), {k} runs",
   )
 
-  writer = logs.MetricWriter(workdir / "metrics.msgpack")
+  writer = logs.MetricWriter(workdir / "metrics.msgpack") if primary else None
   pending, prev = None, start
 
   def flush():
     record = _record(*pending, k)
+    if not primary:
+      return
     writer.write(record)
     trackers.write(record)
     bar.update(record["step"] - bar.n)
@@ -267,15 +297,17 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
     if step == cfg.steps or step // cfg.checkpoint_every > prev // cfg.checkpoint_every:
       flush()
       pending = None
-      checkpoint.save(mngr, step, states, {"step": step})
+      checkpoint.save(mngr, step, states, {"step": step, "padded_runs": padded})
     prev = step
   if pending:
     flush()
-  writer.close()
   trackers.close()
   bar.close()
   mngr.wait_until_finished()
   mngr.close()
+  if not primary:
+    return workdir
+  writer.close()
 
   summary = analysis.summarize(
     logs.read_metrics(workdir / "metrics.msgpack"), sweep.runs, cfg.threshold

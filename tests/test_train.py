@@ -157,4 +157,3 @@ def test_adam_with_l2_decays_through_adam(tiny):
   params = {"w": jnp.ones(3)}
   updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
   np.testing.assert_allclose(updates["w"], -0.5 * 0.1 * np.ones(3), rtol=1e-4)  # warmup 1/10
-
