@@ -50,10 +50,15 @@ _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings for a smoke test (seco
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the rows as JSON.")
 
 
-def setup_config(name: str, k: int, eval_every: int):
+def load_setup(name: str):
+  """The config of a setup, as its file defines it."""
   if name not in SETUPS:
     raise UserError(f"unknown setup {name!r}; choose from {', '.join(SETUPS)}")
-  cfg = runpy.run_path(str(ROOT / SETUPS[name]))["get_config"]()
+  return runpy.run_path(str(ROOT / SETUPS[name]))["get_config"]()
+
+
+def setup_config(name: str, k: int, eval_every: int):
+  cfg = load_setup(name)
   cfg.sweep.seeds, cfg.sweep.train_fracs = tuple(range(k)), (0.5,)
   cfg.eval_every = eval_every
   cfg.matmul_precision = _PRECISION.value
@@ -147,7 +152,7 @@ def precision_check() -> None:
   three are the same float32 math; on NVIDIA GPUs "default" is TF32)."""
   print(f"# {jax.local_devices()[0].device_kind}: configs/quick.py, 3 seeds")
   for precision in ("default", "high", "highest"):
-    cfg = runpy.run_path(str(ROOT / SETUPS["quick"]))["get_config"]()
+    cfg = load_setup("quick")
     cfg.matmul_precision = precision
     with tempfile.TemporaryDirectory() as tmp:
       start = time.perf_counter()

@@ -209,11 +209,9 @@ def _prepare_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
 
 
 def _record(step: int, metrics: dict, k: int) -> dict:
-  """One metrics.msgpack record. Several processes: every one calls this (a gather)."""
-  if jax.process_count() > 1:
-    host = multihost_utils.process_allgather(metrics, tiled=True)
-  else:
-    host = jax.device_get(metrics)
+  """One metrics.msgpack record. Several processes: every one calls this (a gather;
+  with one process it is a plain fetch)."""
+  host = multihost_utils.process_allgather(metrics, tiled=True)
   return {"step": int(step), **{name: [float(x) for x in v[:k]] for name, v in host.items()}}
 
 

@@ -16,6 +16,13 @@ def _subset(runs: train.Run, idx):
   return jax.tree.map(lambda x: x[np.asarray(idx)], runs)
 
 
+def _initial_run(s, table, k):
+  """Run k of sweep s and its initial parameters."""
+  runs = sweep.run_arrays(s)
+  init, _ = sweep.sweep_fns(s)
+  return _subset(runs, k), jax.tree.map(lambda x: x[k], init(table, runs).params)
+
+
 def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
   # Different fractions (so different batch sizes), seeds and learning rates.
   cfg = tiny(**{"sweep.lr": (1e-3, 3e-3)})
@@ -81,10 +88,7 @@ def test_batches_are_epochs_over_the_train_set(tiny):
 
 def test_evaluation_matches_a_direct_computation(tiny):
   s, model, table = _setup(tiny())
-  runs = sweep.run_arrays(s)
-  init, _ = sweep.sweep_fns(s)
-  params = jax.tree.map(lambda x: x[1], init(table, runs).params)
-  run = _subset(runs, 1)
+  run, params = _initial_run(s, table, 1)
   m = train.evaluate(model, 16, table, run, params)  # 49 rows in blocks of 16: padded
   logits = model.apply({"params": params}, table.inputs)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, table.labels)
@@ -98,10 +102,7 @@ def test_evaluation_matches_a_direct_computation(tiny):
 
 def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
   s, model, table = _setup(tiny())
-  runs = sweep.run_arrays(s)
-  init, _ = sweep.sweep_fns(s)
-  params = jax.tree.map(lambda x: x[1], init(table, runs).params)
-  run = _subset(runs, 1)
+  run, params = _initial_run(s, table, 1)
   mask = np.asarray(run.train_mask)
   labels = np.asarray(table.labels)
   # Scale the logits (the unembedding) so the train example the model is surest of
