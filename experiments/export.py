@@ -9,7 +9,7 @@ RUN_DIR/metrics.csv or RUN_DIR/metrics.jsonl.
 
 from absl import flags
 
-from grokjax import analysis, cli
+from grokjax import analysis, cli, rundir
 
 _FORMAT = flags.DEFINE_enum("format", "csv", list(analysis.EXPORT_FORMATS), "Output format.")
 _OUT = flags.DEFINE_string("out", None, "Output file (default RUN_DIR/metrics.<format>).")
@@ -17,7 +17,7 @@ _OUT = flags.DEFINE_string("out", None, "Output file (default RUN_DIR/metrics.<f
 
 def main(argv):
   run_dir = cli.run_dir_arg(argv, "python experiments/export.py RUN_DIR --format csv")
-  print(analysis.export(analysis.load_run_dir(run_dir), _FORMAT.value, _OUT.value))
+  print(analysis.export(rundir.load(run_dir), _FORMAT.value, _OUT.value))
 
 
 if __name__ == "__main__":

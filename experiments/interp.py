@@ -9,7 +9,7 @@ a checkpoint every 100 steps.
 
 from absl import flags
 
-from grokjax import cli, interp
+from grokjax import cli, report, rundir
 
 _OUT = flags.DEFINE_string("out", None, "Directory for the PNGs (default RUN_DIR/figures).")
 _MAX_KEYS = flags.DEFINE_integer(
@@ -19,7 +19,7 @@ _MAX_KEYS = flags.DEFINE_integer(
 
 def main(argv):
   run_dir = cli.run_dir_arg(argv, "python experiments/interp.py RUN_DIR [--out DIR]")
-  for path in interp.write_figures(run_dir, _OUT.value, _MAX_KEYS.value):
+  for path in report.write_measures(rundir.load(run_dir), _OUT.value, _MAX_KEYS.value):
     print(path)
 
 

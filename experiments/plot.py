@@ -8,7 +8,7 @@ Writes curves.png, steps_to_threshold.png and weight_norm.png into RUN_DIR/figur
 
 from absl import flags
 
-from grokjax import cli, plots
+from grokjax import cli, plots, rundir
 
 _OUT = flags.DEFINE_string("out", None, "Directory for the PNGs (default RUN_DIR/figures).")
 _THRESHOLD = flags.DEFINE_float(
@@ -18,7 +18,7 @@ _THRESHOLD = flags.DEFINE_float(
 
 def main(argv):
   run_dir = cli.run_dir_arg(argv, "python experiments/plot.py RUN_DIR [--out DIR]")
-  for path in plots.write_figures(run_dir, _OUT.value, _THRESHOLD.value):
+  for path in plots.write_figures(rundir.load(run_dir), _OUT.value, _THRESHOLD.value):
     print(path)
 
 

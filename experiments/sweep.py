@@ -2,7 +2,9 @@
 
   python experiments/sweep.py --config configs/div.py [--workdir DIR] [--config.key=value ...]
 
-Running it again with the same --workdir resumes from the last checkpoint.
+Running it again with the same --workdir resumes from the last checkpoint. After
+training it reports (grokjax.report: summary.json, the results table, the figures),
+as `python experiments/report.py RUN_DIR` does at any time.
 On several hosts, start it once per host with --distributed (and, where no cluster
 environment such as SLURM says so, --coordinator, --num_processes and --process_id).
 """
@@ -11,7 +13,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from grokjax import cli, sweep
+from grokjax import cli, report, sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file, e.g. configs/div.py.")
 _WORKDIR = flags.DEFINE_string(
@@ -36,7 +38,10 @@ def main(argv):
     raise cli.UserError(f"unexpected arguments {argv[1:]}; flags look like --config.steps=1000")
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  sweep.run_sweep(cli.config(_CONFIG), _WORKDIR.value, reconfigure=_RECONFIGURE.value)
+  workdir = sweep.run_sweep(cli.config(_CONFIG), _WORKDIR.value, reconfigure=_RECONFIGURE.value)
+  if jax.process_index() == 0:
+    text, _ = report.report(workdir)
+    print(f"{text}\nrun directory: {workdir}")
 
 
 if __name__ == "__main__":

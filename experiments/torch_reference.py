@@ -46,44 +46,67 @@ class Transformer(nn.Module):
     return self.unembed(self.ln(h[:, -1]))
 
 
-def steps_per_second(table, train_mask, cfg, steps: int, device: str = "cpu") -> float:
-  """Training steps/s (evaluation on the full table every cfg.eval_every steps included)."""
-  torch.manual_seed(0)
-  inputs = torch.as_tensor(table.inputs, dtype=torch.long, device=device)
-  labels = torch.as_tensor(table.labels, dtype=torch.long, device=device)
-  train_rows = torch.as_tensor(np.flatnonzero(train_mask), device=device)
-  batch = min(cfg.batch_size, len(train_rows) // 2)
-  m = cfg.model
-  model = Transformer(table.vocab_size, table.n, m.num_layers, m.width, m.num_heads).to(device)
-  o = cfg.optim
-  opt = torch.optim.AdamW(
-    model.parameters(), lr=o.lr, betas=(o.b1, o.b2), weight_decay=o.weight_decay
-  )
-  sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / o.warmup_steps))
-  loss_fn = nn.CrossEntropyLoss()
-  per_epoch = max(len(train_rows) // batch, 1)
+def batch_size(cfg, n_train: int) -> int:
+  """grokjax's batch of a run (grokjax.sweep.build): min(batch_size, int(N_train *
+  batch_frac)), at least 1."""
+  return max(min(cfg.batch_size, int(n_train * cfg.batch_frac)), 1)
 
-  def run(n):
+
+def lr_factor(warmup_steps: int):
+  """grokjax's linear warmup (grokjax.optim.warmup): update t (from 0) is scaled by
+  min(1, (t + 1) / max(warmup_steps, 1)); warmup_steps=0 is no warmup."""
+  return lambda t: min(1.0, (t + 1) / max(warmup_steps, 1))
+
+
+class Loop:
+  """One run of the paper model: its model, AdamW with warmup, batch and training loop."""
+
+  def __init__(self, table, train_mask, cfg, device: str = "cpu"):
+    torch.manual_seed(0)
+    self.cfg, self.device = cfg, device
+    self.inputs = torch.as_tensor(table.inputs, dtype=torch.long, device=device)
+    self.labels = torch.as_tensor(table.labels, dtype=torch.long, device=device)
+    self.train_rows = torch.as_tensor(np.flatnonzero(train_mask), device=device)
+    self.batch = batch_size(cfg, len(self.train_rows))
+    m = cfg.model
+    self.model = Transformer(table.vocab_size, table.n, m.num_layers, m.width, m.num_heads).to(
+      device
+    )
+    o = cfg.optim
+    self.opt = torch.optim.AdamW(
+      self.model.parameters(), lr=o.lr, betas=(o.b1, o.b2), weight_decay=o.weight_decay
+    )
+    self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(o.warmup_steps))
+    self.loss_fn = nn.CrossEntropyLoss()
+    self.per_epoch = max(len(self.train_rows) // self.batch, 1)  # as Sweep.steps_per_epoch
+
+  def run(self, n: int) -> None:
+    """n training steps, evaluating on the full table every cfg.eval_every steps."""
+    cfg, device = self.cfg, self.device
     perm = None
     for step in range(n):
-      if step % per_epoch == 0:
-        perm = train_rows[torch.randperm(len(train_rows), device=device)]
-      rows = perm[(step % per_epoch) * batch : (step % per_epoch + 1) * batch]
-      loss = loss_fn(model(inputs[rows]), labels[rows])
-      opt.zero_grad(set_to_none=True)
+      if step % self.per_epoch == 0:
+        perm = self.train_rows[torch.randperm(len(self.train_rows), device=device)]
+      rows = perm[(step % self.per_epoch) * self.batch : (step % self.per_epoch + 1) * self.batch]
+      loss = self.loss_fn(self.model(self.inputs[rows]), self.labels[rows])
+      self.opt.zero_grad(set_to_none=True)
       loss.backward()
-      opt.step()
-      sched.step()
+      self.opt.step()
+      self.sched.step()
       if (step + 1) % cfg.eval_every == 0:
         with torch.no_grad():
-          for chunk in torch.split(torch.arange(len(labels), device=device), cfg.eval_batch):
-            (model(inputs[chunk]).argmax(-1) == labels[chunk]).float().mean().item()
+          for chunk in torch.split(torch.arange(len(self.labels), device=device), cfg.eval_batch):
+            (self.model(self.inputs[chunk]).argmax(-1) == self.labels[chunk]).float().mean().item()
 
-  run(min(steps, 20))  # warm up
+
+def steps_per_second(table, train_mask, cfg, steps: int, device: str = "cpu") -> float:
+  """Training steps/s (evaluation on the full table every cfg.eval_every steps included)."""
+  loop = Loop(table, train_mask, cfg, device)
+  loop.run(min(steps, 20))  # warm up
   if device != "cpu":
     torch.cuda.synchronize()
   start = time.perf_counter()
-  run(steps)
+  loop.run(steps)
   if device != "cpu":
     torch.cuda.synchronize()
   elapsed = time.perf_counter() - start

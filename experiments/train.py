@@ -30,7 +30,7 @@ from pathlib import Path
 
 from absl import flags
 
-from grokjax import analysis, cli, data, integrations, sweep
+from grokjax import analysis, cli, data, integrations, report, rundir, sweep
 from grokjax import config as config_lib
 from grokjax.errors import UserError
 
@@ -254,8 +254,10 @@ def main(argv):
     print(json.dumps(preview, indent=2))
     return
   workdir = sweep.run_sweep(cfg, workdir, reconfigure=_RECONFIGURE.value)
+  text, _ = report.report(workdir)
+  print(f"{text}\nrun directory: {workdir}")
   if _HISTORY_JSONL.value:
-    out = analysis.export(analysis.load_run_dir(workdir), "jsonl", workdir / "history.jsonl")
+    out = analysis.export(rundir.load(workdir), "jsonl", workdir / "history.jsonl")
     print(f"history: {out}")
 
 

@@ -1,8 +1,8 @@
-"""Reading a sweep's results: the run directory, steps to a threshold, the grokking
-delay, medians and spread over seeds, and the metric log as a tidy table.
+"""A sweep's results from its metrics: steps to a threshold, the grokking delay,
+medians and spread over seeds, the results table, and the metric log as a tidy table.
 
-Everything here is numpy on the host; nothing imports jax or matplotlib, so the
-figures, the exporter and a notebook can read a run directory cheaply.
+Everything here is numpy on the host; nothing imports jax or matplotlib. Functions
+that take ``rd`` read its ``path``, ``runs`` and ``metrics`` (a grokjax.rundir.RunDir).
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from grokjax import logs
 from grokjax.errors import UserError
 
 # runs.json fields that tell the repeats of one setting apart; every other field is
@@ -24,50 +22,7 @@ SEED_FIELDS = ("index", "seed", "split_seed")
 EXPORT_FORMATS = ("csv", "jsonl")
 
 
-class RunDir(NamedTuple):
-  """A sweep's run directory, read: its config, its runs and its metric log."""
-
-  path: Path
-  config: dict  # config.json
-  runs: list[dict]  # runs.json, one entry per run, in metric order
-  metrics: dict[str, np.ndarray]  # {"step": int [T], metric: float [T, K]}; {} before any eval
-
-  @property
-  def threshold(self) -> float:
-    """The sweep's accuracy threshold (config.json's, else 0.99)."""
-    return float(self.config.get("threshold", 0.99))
-
-
-def load_run_dir(path) -> RunDir:
-  """Reads config.json, runs.json and metrics.msgpack of a sweep's run directory.
-
-  A directory that is missing or holds no sweep is a UserError. A sweep still
-  training reads as far as its log goes (a torn last record is skipped).
-  """
-  path = Path(path)
-  if not path.is_dir():
-    raise UserError(f"run directory {path} does not exist; pass the --workdir of a sweep")
-  for name in ("config.json", "runs.json"):
-    if not (path / name).is_file():
-      raise UserError(
-        f"{path} is not a grokjax run directory (no {name}); pass the --workdir of a sweep"
-      )
-  try:
-    config = json.loads((path / "config.json").read_text())
-    runs = json.loads((path / "runs.json").read_text())
-  except json.JSONDecodeError as e:
-    raise UserError(f"{path}: unreadable config.json or runs.json ({e})") from None
-  metrics = as_arrays(logs.read_metrics(path / "metrics.msgpack"))
-  for name, values in metrics.items():
-    if name != "step" and values.shape[1] != len(runs):
-      raise UserError(
-        f"{path}: metrics.msgpack holds {values.shape[1]} runs per record "
-        f"but runs.json lists {len(runs)}; the run directory is inconsistent"
-      )
-  return RunDir(path, config, runs, metrics)
-
-
-def require_metrics(rd: RunDir) -> None:
+def require_metrics(rd) -> None:
   """A UserError unless the sweep has logged at least one evaluation."""
   if not rd.metrics:
     raise UserError(f"{rd.path} has no metric records yet; wait for the sweep's first evaluation")
@@ -190,6 +145,15 @@ def _fmt_spread(s: dict, digits: int | None = None) -> str:
   return f"{fmt(s['median'])} ({fmt(s['min'])}-{fmt(top)})"
 
 
+def swept(runs: list[dict]) -> list[str]:
+  """Run fields that take more than one value: the results table's columns (the
+  split seed only where it is swept apart from the seed)."""
+  fields = [f for f in runs[0] if f != "index"]
+  fields = [f for f in fields if len({json.dumps(r.get(f)) for r in runs}) > 1]
+  apart = any(r["split_seed"] != r["seed"] for r in runs)
+  return [f for f in fields if f != "split_seed" or apart]
+
+
 def table(summary: list[dict], runs: list[dict], swept: list[str]) -> str:
   """A plain-text table of per-run results, one line per run; then, when a setting
   has several seeds, one line per setting: median (min-max) over its seeds."""
@@ -232,7 +196,7 @@ def _columns(lines: list[list[str]]) -> str:
   return "\n".join("  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in lines)
 
 
-def tidy_rows(rd: RunDir) -> list[dict]:
+def tidy_rows(rd) -> list[dict]:
   """The metric log as a tidy table: one row per run per evaluation point, holding
   the run's runs.json entry, the step and every metric. Rows go run by run."""
   if not rd.metrics:
@@ -246,7 +210,7 @@ def tidy_rows(rd: RunDir) -> list[dict]:
   ]
 
 
-def export(rd: RunDir, fmt: str, out=None) -> Path:
+def export(rd, fmt: str, out=None) -> Path:
   """Writes ``tidy_rows`` as CSV or JSON lines (default RUN_DIR/metrics.<fmt>).
 
   JSON lines hold one object per row, with null for a non-finite metric (strict

@@ -18,9 +18,30 @@ def _fail(message: str):
   sys.exit(2)
 
 
+_HELP_FLAGS = (app.HelpFlag, app.HelpfullFlag, app.HelpXMLFlag)
+
+
+def _asks_for_help(argv) -> bool:
+  """Whether argv (before a bare '--') names one of absl's help flags: --help, -?,
+  --helpshort, --helpfull or --helpxml."""
+  for arg in argv[1:]:
+    if arg == "--":
+      return False
+    name = arg.lstrip("-").partition("=")[0]
+    if arg.startswith("-") and name in flags.FLAGS and isinstance(flags.FLAGS[name], _HELP_FLAGS):
+      return True
+  return False
+
+
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:
+    # absl's help flags print the usage to stdout, then exit with status 1, as for an
+    # error; asking for help is no error: exit 0.
+    if e.code == 1 and _asks_for_help(argv):
+      sys.exit(0)
+    raise
   except (flags.Error, UserError) as e:
     message = str(e) or type(e).__name__
     if "Traceback" in message:  # config_flags quotes an error of get_config(): keep its last line

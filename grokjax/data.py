@@ -9,10 +9,11 @@ tables of different operations over the same elements share one vocabulary.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
-from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from grokjax.errors import UserError
@@ -64,13 +65,17 @@ ALIASES = {
 S5_ORDER = 120
 
 
-class Table(NamedTuple):
-  """All equations of one operation. ``n`` elements, ``vocab_size`` tokens."""
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """The equations of one or more operations: ``n`` elements (answer classes),
+  ``vocab_size`` tokens. A pytree of the two arrays (``n`` and ``vocab_size`` are
+  static), so the same value goes to the device and into a jitted function."""
 
   inputs: np.ndarray  # int32 [N, 4]: x, op, y, =
   labels: np.ndarray  # int32 [N]
-  n: int
-  vocab_size: int
+  n: int = dataclasses.field(metadata=dict(static=True))
+  vocab_size: int = dataclasses.field(metadata=dict(static=True))
 
 
 def canonical_op(op: str) -> str:

@@ -1,4 +1,4 @@
-"""Answer-token losses: softmax cross-entropy and StableMax cross-entropy.
+"""StableMax cross-entropy (the softmax one is optax's; grokjax.methods declares both).
 
 StableMax (Prieto et al. 2025, "Grokking at the edge of numerical stability")
 replaces exp in the softmax by s(x) = x + 1 for x >= 0 and 1 / (1 - x) for x < 0,
@@ -9,7 +9,6 @@ absorption ("softmax collapse") that stalls grokking without weight decay.
 from __future__ import annotations
 
 import jax.numpy as jnp
-import optax
 
 
 def stablemax_s(x):
@@ -22,12 +21,3 @@ def stablemax_cross_entropy(logits_BxC, labels_B):
   s = stablemax_s(logits_BxC)
   picked = jnp.take_along_axis(s, labels_B[:, None], axis=-1)[:, 0]
   return jnp.log(s.sum(-1)) - jnp.log(picked)
-
-
-def cross_entropy(logits_BxC, labels_B, stablemax=False):
-  """Softmax cross-entropy, or StableMax's where ``stablemax`` (may be a traced 0/1
-  per run: both are computed and one is selected)."""
-  soft = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
-  if stablemax is False:
-    return soft
-  return jnp.where(stablemax, stablemax_cross_entropy(logits_BxC, labels_B), soft)

@@ -11,10 +11,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from grokjax import registry
 from grokjax.errors import UserError
+from grokjax.registry import Key
 
 SEQ_LEN = 4  # x, op, y, =
-MODELS = ("transformer", "mlp")  # the values of config.model.name
 
 
 class Attention(nn.Module):
@@ -99,17 +100,34 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes, name="unembed")(h)
 
 
-def make_model(model_cfg, vocab_size: int, num_classes: int) -> nn.Module:
-  """The model a config names (``model.name``), for one vocabulary."""
-  if model_cfg.name == "transformer":
-    if model_cfg.width % model_cfg.num_heads:
-      raise UserError(
-        f"model.width={model_cfg.width} is not divisible by "
-        f"model.num_heads={model_cfg.num_heads}; pick a width that is"
-      )
-    return Transformer(
-      vocab_size, num_classes, model_cfg.num_layers, model_cfg.width, model_cfg.num_heads
+positive = (lambda v: v > 0, "> 0")
+NUM_LAYERS = Key("model.num_layers", 2, "blocks (transformer) or hidden layers (mlp)", *positive)
+WIDTH = Key("model.width", 128, "residual width (transformer) or hidden width (mlp)", *positive)
+
+
+def _transformer(vocab_size, num_classes, num_layers, width, num_heads):
+  if width % num_heads:
+    raise UserError(
+      f"model.width={width} is not divisible by model.num_heads={num_heads}; pick a width that is"
     )
-  if model_cfg.name == "mlp":
-    return MLP(vocab_size, num_classes, model_cfg.num_layers, model_cfg.width)
-  raise UserError(f"unknown model.name {model_cfg.name!r}; choose one of: {', '.join(MODELS)}")
+  return Transformer(vocab_size, num_classes, num_layers, width, num_heads)
+
+
+registry.register(
+  registry.Model(
+    "transformer",
+    (NUM_LAYERS, WIDTH, Key("model.num_heads", 4, "attention heads", *positive)),
+    _transformer,
+    "the paper's decoder-only transformer (pre-LN)",
+  )
+)
+registry.register(
+  registry.Model("mlp", (NUM_LAYERS, WIDTH), MLP, "one-hot inputs, ReLU hidden layers")
+)
+
+
+def make_model(model_cfg, vocab_size: int, num_classes: int) -> nn.Module:
+  """The model a config's ``model`` section (or a dict like it) names, for one vocabulary."""
+  entry = registry.lookup(registry.MODELS, model_cfg["name"], "model.name")
+  values = {k.field: model_cfg[k.path.split(".", 1)[1]] for k in entry.keys}
+  return entry.make(vocab_size, num_classes, **values)

@@ -1,13 +1,12 @@
-"""Optimizers as optax chains, and the gradient filters of the grokking literature.
+"""Optax pieces of the grokking literature: warmup, weight decay (towards zero or the
+initial weights) and the gradient filters (Grokfast-EMA, Grokfast-MA, ⊥Grad).
 
-Per-run hyperparameters (learning rate, weight decay, filter strengths) are injected
-into the optimizer state with ``optax.inject_hyperparams``, so each run of a
-vmapped sweep carries its own values and one compiled program trains them all.
+Each is an ``optax.GradientTransformation`` factory whose numeric arguments may be
+traced, one value per run of a vmapped sweep; grokjax.methods declares them.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -20,90 +19,22 @@ def warmup(warmup_steps: int) -> optax.Schedule:
   return lambda count: jnp.minimum(1.0, (count + 1) / max(warmup_steps, 1))
 
 
-# Per-run hyperparameters that live in the optimizer state (inject_hyperparams).
-INJECTED = (
-  "lr",
-  "weight_decay",
-  "grokfast_alpha",
-  "grokfast_lamb",
-  "grokfast_ma_lamb",
-  "orthograd",
-  "decay_to_init",
-)
-
-
-def _transform(
-  lr,
-  weight_decay,
-  grokfast_alpha,
-  grokfast_lamb,
-  grokfast_ma_lamb,
-  orthograd,
-  decay_to_init,
-  *,
-  b1,
-  b2,
-  decoupled,
-  ma_window,
-  keep_init,
-  step,
-):
-  """Gradient filters, then AdamW: Adam scaling, decoupled weight decay, -lr; or,
-  not ``decoupled``, Adam with an L2 term added to the filtered gradient
-  (``torch.optim.Adam``'s weight_decay, which Grokfast's experiments use)."""
-  parts = [orthogonal_grad(orthograd), grokfast_ema(grokfast_alpha, grokfast_lamb)]
-  if ma_window:
-    parts.append(grokfast_ma(ma_window, grokfast_ma_lamb, step))
-  decay = decayed_weights(weight_decay, decay_to_init, keep_init)
-  adam = optax.scale_by_adam(b1, b2)
-  parts += [adam, decay] if decoupled else [decay, adam]
-  return optax.chain(*parts, optax.scale(-lr))
-
-
-def make_optimizer(
-  optim_cfg, hparams: dict, ma_window: int = 0, keep_init: bool = False, step=None
-) -> optax.GradientTransformation:
-  """AdamW with linear warmup, the paper's optimizer (Adam with L2 where not
-  ``optim_cfg.decoupled``), with the gradient filters of later papers (⊥Grad,
-  Grokfast-EMA, Grokfast-MA), each off at 0.
-
-  ``hparams`` holds one run's values of ``INJECTED`` (they may be traced, so
-  ``jax.vmap`` over them gives one optimizer state per run; ``update`` reads them
-  from the state). ``ma_window`` (0: no MA buffer) and ``keep_init`` (store the
-  initial weights for decay towards them) are static: the state's shape. ``step``
-  (the update's index, the same for every run) places the Grokfast-MA ring buffer's
-  slot; given unbatched under ``vmap``, the buffer is updated in place.
-  """
-  core = functools.partial(
-    _transform,
-    b1=optim_cfg.b1,
-    b2=optim_cfg.b2,
-    decoupled=optim_cfg.decoupled,
-    ma_window=ma_window,
-    keep_init=keep_init,
-    step=step,
-  )
-  static = ("b1", "b2", "decoupled", "ma_window", "keep_init", "step")
-  injected = optax.inject_hyperparams(core, static_args=static)(**{k: hparams[k] for k in INJECTED})
-  return optax.chain(injected, optax.scale_by_schedule(warmup(optim_cfg.warmup_steps)))
-
-
 class DecayState(NamedTuple):
   init_params: optax.Params | None  # the initial weights, when decaying towards them
 
 
-def decayed_weights(weight_decay, to_init=0.0, keep_init=False) -> optax.GradientTransformation:
-  """Adds weight_decay * (w - w0) to the updates: w0 = 0 (AdamW's decay) or, where
-  ``to_init`` (a 0/1, may be traced), the initial weights (openai/grok's to_init),
-  which are stored only when ``keep_init``."""
+def decayed_weights(weight_decay, to_init: bool = False) -> optax.GradientTransformation:
+  """Adds weight_decay * (w - w0) to the updates: w0 = 0 (AdamW's decay) or, with
+  ``to_init`` (static: the state then holds them), the initial weights (openai/grok's
+  to_init)."""
 
   def init(params):
-    return DecayState(params if keep_init else None)
+    return DecayState(params if to_init else None)
 
   def update(updates, state, params):
     if state.init_params is None:
       return jax.tree.map(lambda u, p: u + weight_decay * p, updates, params), state
-    decay = lambda u, p, p0: u + weight_decay * (p - jnp.where(to_init > 0, p0, 0.0))
+    decay = lambda u, p, p0: u + weight_decay * (p - p0)
     return jax.tree.map(decay, updates, params, state.init_params), state
 
   return optax.GradientTransformation(init, update)

@@ -1,12 +1,14 @@
 """The paper's figures from a run directory, as matplotlib Figures and PNG files.
 
 ``curves`` (Fig. 1 style: accuracy and loss vs steps, one panel per setting),
-``steps_to_threshold`` (Fig. 2 style: steps until 99% vs training-data fraction)
-and ``weight_norm``; ``write_figures`` saves all three into RUN_DIR/figures/.
+``steps_to_threshold`` (Fig. 2 style: steps until 99% vs training-data fraction),
+``weight_norm``, ``variants`` (methods side by side) and the progress-measure figures
+``interp_spectrum``, ``interp_measures``, ``interp_circle``; ``write_figures`` and
+``write_interp_figures`` save them into RUN_DIR/figures/.
 
 Figures are built on matplotlib's Agg canvas, never through pyplot, so drawing them
 neither opens windows nor keeps figures alive; matplotlib itself is imported when
-the first figure is drawn (a sweep imports this module at start-up).
+the first figure is drawn.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from grokjax import analysis
+from grokjax import analysis, fourier, interp
 from grokjax.errors import UserError
+from grokjax.rundir import RunDir
 
-FIGURES = ("curves", "steps_to_threshold", "weight_norm")
 DPI = 100  # PNG resolution: a 5-panel figure is ~1500 px wide
 MAX_COLS = 5  # panels per row before wrapping
 TRAIN, VAL, NORM, SEED_ALPHA = "#1f77b4", "#d62728", "#2ca02c", 0.35
@@ -59,7 +61,7 @@ def field_label(field: str, value) -> str:
   return f"{field} {value}"
 
 
-def sweep_label(rd: analysis.RunDir) -> str:
+def sweep_label(rd: RunDir) -> str:
   """The values shared by every run: operation, modulus and optimizer."""
   shared = analysis.setting(rd.runs[0])
   swept = set(analysis.varying([analysis.setting(r) for r in rd.runs]))
@@ -77,7 +79,7 @@ def sweep_label(rd: analysis.RunDir) -> str:
   return ", ".join([*parts, adamw])
 
 
-def _panels(rd: analysis.RunDir, exclude=analysis.SEED_FIELDS):
+def _panels(rd: RunDir, exclude=analysis.SEED_FIELDS):
   """(title, run positions) of each panel: one per setting other than seeds."""
   groups = analysis.group_runs(rd.runs, exclude)
   settings = [key for key, _ in groups]
@@ -113,7 +115,7 @@ def _grid(fig, n_panels: int, rows_per_panel: int):
   return out, cols, blocks
 
 
-def _positive_steps(rd: analysis.RunDir) -> np.ndarray:
+def _positive_steps(rd: RunDir) -> np.ndarray:
   """Which evaluation points a log axis can show (step >= 1)."""
   analysis.require_metrics(rd)
   keep = rd.metrics["step"] > 0
@@ -150,7 +152,7 @@ def _legend(fig, entries, handles=(), labels=(), ncol=None):
   )
 
 
-def curves(rd: analysis.RunDir, threshold: float | None = None):
+def curves(rd: RunDir, threshold: float | None = None):
   """Fig. 1 style: train and val accuracy (top row) and loss (bottom row) vs
   optimisation steps on a log axis, one column per setting; seeds as thin lines,
   their median bold. Returns the Figure."""
@@ -192,7 +194,7 @@ def curves(rd: analysis.RunDir, threshold: float | None = None):
   return fig
 
 
-def weight_norm(rd: analysis.RunDir, threshold: float | None = None):
+def weight_norm(rd: RunDir, threshold: float | None = None):
   """The L2 norm of all parameters vs optimisation steps (log axis), one panel per
   setting, with the median steps at which train and val accuracy reached the
   threshold marked. Returns the Figure."""
@@ -231,7 +233,7 @@ def weight_norm(rd: analysis.RunDir, threshold: float | None = None):
   return fig
 
 
-def steps_to_threshold(rd: analysis.RunDir, threshold: float | None = None):
+def steps_to_threshold(rd: RunDir, threshold: float | None = None):
   """Fig. 2 style: optimisation steps until val (and, faded, train) accuracy
   reaches the threshold vs the training-data fraction, one series per operation
   (and other swept value): median over seeds with min-max bars, log y-axis.
@@ -317,7 +319,7 @@ def _threshold_series(ax, x, stats, top, color, marker, ls, alpha, label):
       )
 
 
-def variants(rd: analysis.RunDir, threshold: float | None = None):
+def variants(rd: RunDir, threshold: float | None = None):
   """The methods side by side (a sweep over ``sweep.variants``): steps until
   validation accuracy reaches 95% and 99% per variant, median over seeds with
   min-max bars, hollow markers where seeds never got there. Returns the Figure."""
@@ -355,21 +357,177 @@ def variants(rd: analysis.RunDir, threshold: float | None = None):
   return fig
 
 
-def write_figures(run_dir, out=None, threshold: float | None = None) -> list[Path]:
-  """Draws every figure of the run directory into ``out`` (default
-  RUN_DIR/figures/) as PNG; returns the paths written."""
-  rd = analysis.load_run_dir(run_dir)
+# --- progress measures (grokjax.interp) ---------------------------------------------------------
+
+PHASES = (("memorisation", "#fde0c5"), ("circuit formation", "#d6e9f8"), ("clean-up", "#dff0d8"))
+
+
+def _shade(ax, t_train, t_val, end):
+  """The three phases: until train 99%, until val 99%, after."""
+  edges = [1, t_train or end, t_val or end, end]
+  for (_, color), a, b in zip(PHASES, edges[:-1], edges[1:]):
+    if b > a:
+      ax.axvspan(a, b, color=color, lw=0)
+
+
+def interp_spectrum(rd, m, j: int, s: dict):
+  """Embedding and unembedding norm per frequency: at init, at val 99%, at the end."""
+  from matplotlib.ticker import MaxNLocator
+
+  picks = [0, interp.checkpoint_at(m.steps, s["val_step"] or m.steps[-1]), len(m.steps) - 1]
+  fig = _figure(11, 5)
+  axes = fig.subplots(2, 3, sharex=True, sharey="row")
+  keys = set(m.keys[j].tolist())
+  for col, c in enumerate(picks):
+    for row, name in enumerate(("embed_norms", "unembed_norms")):
+      sq = np.square(m.values[name][c, j])
+      f = np.arange(len(sq))
+      colors = ["#d62728" if k in keys else "#7f7f7f" for k in f]
+      ax = axes[row, col]
+      ax.bar(f, 100 * sq / sq.sum(), color=colors, width=0.8)
+      ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+      if row == 0:
+        label = "init" if m.steps[c] == 0 else f"step {m.steps[c]}"
+        if c == picks[1] and s["val_step"]:
+          label += " (val ≥ 99%)"
+        share = m.values["key_share"][c, j]
+        ax.set_title(f"{label}: key freqs hold {100 * share:.0f}%", fontsize=10)
+      if col == 0:
+        ax.set_ylabel(
+          ("token embedding" if row == 0 else "unembedding") + "\n% of norm² per frequency"
+        )
+      if row == 1:
+        ax.set_xlabel("frequency k (0 = constant)")
+  fig.suptitle(
+    f"Run {s['run']}: Fourier spectrum, key frequencies {s['key_frequencies']} in red",
+    fontsize=11,
+  )
+  return fig
+
+
+def interp_measures(rd, m, j: int, s: dict):
+  """Accuracy, losses, Gini and weight norm vs steps (log x), phases shaded."""
+  from matplotlib.patches import Patch
+
+  k = m.runs[j]
+  keep = rd.metrics["step"] > 0
+  t = rd.metrics["step"][keep]
+  c = np.maximum(m.steps, 1)  # step 0 (init) is drawn at 1
+  fig = _figure(7.5, 9)
+  axes = fig.subplots(4, 1, sharex=True)
+  end = int(max(t[-1], c[-1]))
+  for ax in axes:
+    _shade(ax, s["train_step"], s["val_step"], end)
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+  ax = axes[0]
+  ax.plot(t, 100 * rd.metrics["train_acc"][keep, k], color=TRAIN, label="train")
+  ax.plot(t, 100 * rd.metrics["val_acc"][keep, k], color=VAL, label="validation")
+  ax.set_ylabel("accuracy (%)")
+  ax.legend(loc="center left", fontsize=8)
+  ax = axes[1]
+  ax.plot(t, rd.metrics["train_loss"][keep, k], color=TRAIN, lw=1, label="train loss")
+  ax.plot(t, rd.metrics["val_loss"][keep, k], color=VAL, lw=1, label="validation loss")
+  v = m.values
+  ax.plot(c, v["restricted_loss"][:, j], "k-o", ms=2.5, label="restricted loss (full table)")
+  ax.plot(c, v["excluded_loss"][:, j], "-o", color="#9467bd", ms=2.5, label="excluded loss (train)")
+  ax.set_yscale("log")
+  ax.set_ylabel("cross-entropy")
+  ax.legend(loc="lower left", fontsize=8, ncol=2)
+  ax = axes[2]
+  ax.plot(c, v["gini"][:, j], "-o", color="#8c564b", ms=2.5, label="Gini of embedding freq norms")
+  ax.plot(c, v["key_share"][:, j], "-o", color="#e377c2", ms=2.5, label="key freqs' share of norm²")
+  ax.set_ylim(0, 1)
+  ax.set_ylabel("embedding sparsity\nin Fourier basis")
+  ax.legend(loc="upper left", fontsize=8)
+  ax = axes[3]
+  ax.plot(c, v["weight_norm_sq"][:, j], "-o", color=NORM, ms=2.5)
+  ax.set_ylabel("total squared\nweight norm")
+  ax.set_xlabel("optimisation steps (dots: checkpoints; the first is step 0, drawn at 1)")
+  fig.legend(
+    [Patch(color=col) for _, col in PHASES],
+    [name for name, _ in PHASES],
+    loc="outside lower center",
+    ncol=3,
+    frameon=False,
+    fontsize=9,
+  )
+  keys = ", ".join(map(str, s["key_frequencies"]))
+  fig.suptitle(
+    f"Run {s['run']}: progress measures (key frequencies {keys}); "
+    f"train 99% at {s['train_step']}, val 99% at {s['val_step']}",
+    fontsize=10,
+  )
+  return fig
+
+
+def interp_circle(rd, m, j: int, s: dict):
+  """Each token's embedding on the (cos, sin) plane of the top key frequency, at init
+  and at the end (each on its own parameters' plane), coloured by token."""
+  norms = m.values["embed_norms"][-1, j]
+  top = int(m.keys[j][np.argmax(norms[m.keys[j]])])
+  p = m.values["embed"].shape[2]
+  fig = _figure(10, 4.8)
+  axes = fig.subplots(1, 2)
+  for ax, c in zip(axes, (0, len(m.steps) - 1)):
+    xy = fourier.circle_coords(m.values["embed"][c, j], top)
+    sc = ax.scatter(
+      xy[:, 0], xy[:, 1], c=np.arange(p), cmap="twilight", s=40, edgecolor="k", lw=0.3
+    )
+    for x in range(p):
+      ax.annotate(str(x), xy[x], fontsize=6, xytext=(3, 3), textcoords="offset points")
+    order = np.argsort((top * np.arange(p)) % p)  # neighbours on the ideal circle
+    ring = xy[np.append(order, order[0])]
+    ax.plot(ring[:, 0], ring[:, 1], color="#bbbbbb", lw=0.6, zorder=0)
+    ax.set_aspect("equal", "datalim")
+    label = "init" if m.steps[c] == 0 else f"step {m.steps[c]}"
+    ax.set_title(f"{label}: cos/sin plane of k = {top}", fontsize=10)
+    ax.set_xlabel(f"along cos(2π·{top}x/{p})")
+    ax.set_ylabel(f"along sin(2π·{top}x/{p})")
+  fig.colorbar(sc, ax=axes, label="token x", shrink=0.8)
+  fig.suptitle(
+    f"Run {s['run']}: token embeddings; grey line joins tokens by angle 2π·{top}x/{p}", fontsize=10
+  )
+  return fig
+
+
+INTERP_FIGURES = {"spectrum": interp_spectrum, "measures": interp_measures, "circle": interp_circle}
+FIGURES = {"curves": curves, "steps_to_threshold": steps_to_threshold, "weight_norm": weight_norm}
+
+
+def write_figures(rd, out=None, threshold: float | None = None) -> list[Path]:
+  """Draws every figure of the run directory ``rd`` (grokjax.rundir.RunDir) into
+  ``out`` (default RUN_DIR/figures/) as PNG, the methods side by side when the sweep
+  has variants; returns the paths written."""
   if threshold is not None and not 0 < threshold <= 1:
     raise UserError(f"threshold {threshold!r} must be in (0, 1], e.g. 0.99")
+  out = _out_dir(rd, out)
+  figures = dict(FIGURES)
+  if any("variant" in r for r in rd.runs):
+    figures["variants"] = variants
+  paths = []
+  for name, draw in figures.items():
+    path = out / f"{name}.png"
+    draw(rd, threshold).savefig(path, dpi=DPI)
+    paths.append(path)
+  return paths
+
+
+def write_interp_figures(rd, m, summary: list[dict], out=None) -> list[Path]:
+  """interp_run<k>_{spectrum,measures,circle}.png of every measured run (grokjax.interp)."""
+  out = _out_dir(rd, out)
+  paths = []
+  for j, s in enumerate(summary):
+    for name, draw in INTERP_FIGURES.items():
+      path = out / f"interp_run{s['run']}_{name}.png"
+      draw(rd, m, j, s).savefig(path)
+      paths.append(path)
+  return paths
+
+
+def _out_dir(rd, out) -> Path:
   out = Path(out) if out else rd.path / "figures"
   if out.exists() and not out.is_dir():
     raise UserError(f"--out {out} is a file; give a directory for the figures")
   out.mkdir(parents=True, exist_ok=True)
-  paths = []
-  extra = ("variants",) if any("variant" in r for r in rd.runs) else ()
-  for name in FIGURES + extra:
-    fig = globals()[name](rd, threshold)
-    path = out / f"{name}.png"
-    fig.savefig(path, dpi=DPI)
-    paths.append(path)
-  return paths
+  return out

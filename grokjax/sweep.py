@@ -1,7 +1,9 @@
-"""A sweep: config -> run grid -> one batched, sharded training loop -> run directory.
+"""A sweep: config -> runs -> one compiled program per static signature -> the
+training loop -> metrics.msgpack and Orbax checkpoints in the run directory (and
+nothing else: summaries and figures are grokjax.report's, after training).
 
 Run directory (one per sweep): config.json, runs.json, splits.npz (the table and
-every run's train mask), metrics.msgpack, checkpoints/, summary.json.
+every run's train mask), metrics.msgpack, checkpoints/.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from grokjax import analysis, checkpoint, data, integrations, logs, plots, train
+from grokjax import checkpoint, data, integrations, logs, registry, train
 from grokjax import config as config_lib
 from grokjax.errors import UserError
 from grokjax.model import make_model
@@ -41,12 +43,20 @@ RECONFIGURABLE = {
 
 
 @dataclasses.dataclass(frozen=True)
+class Program:
+  """Runs that share a static signature, trained by one compiled program."""
+
+  static: train.Static
+  runs: np.ndarray  # int [K_p]: the runs' positions in Sweep.runs
+
+
+@dataclasses.dataclass(frozen=True)
 class Sweep:
   """Everything host-side a sweep trains from.
 
   ``table`` holds the rows of every operation of the sweep (one after another, in
   a shared vocabulary); run k trains on ``train_masks[k]`` and is validated on
-  ``val_masks[k]``, both over the whole table.
+  ``val_masks[k]``, both over the whole table. ``programs`` partition the runs.
   """
 
   cfg: object
@@ -55,22 +65,23 @@ class Sweep:
   train_masks: np.ndarray  # bool [K, N]
   val_masks: np.ndarray  # bool [K, N]
   batch_sizes: np.ndarray  # int [K]
-  model: object  # the Flax module every run trains
+  programs: list[Program]
 
-  @property
-  def batch(self) -> int:
-    """The static batch size: the largest run's."""
-    return int(self.batch_sizes.max())
+  def program_of(self, k: int) -> tuple[Program, int]:
+    """The program that trains run k, and the run's position in it."""
+    for prog in self.programs:
+      where = np.flatnonzero(prog.runs == k)
+      if len(where):
+        return prog, int(where[0])
+    raise UserError(f"run {k} is not in this sweep; runs are 0..{len(self.runs) - 1}")
+
+  def model(self, k: int = 0):
+    """The Flax module run k trains."""
+    return self.program_of(k)[0].static.model
 
   def steps_per_epoch(self, k: int = 0) -> int:
     """Updates per pass over run k's training set: N_train // its batch size."""
     return int(self.train_masks[k].sum() // self.batch_sizes[k])
-
-  def swept(self) -> list[str]:
-    """Run fields that take more than one value (split seeds only when swept)."""
-    axes = config_lib.SWEEP_AXES.values()
-    fields = [f for f, _ in axes if len({r.get(f) for r in self.runs}) > 1]
-    return [f for f in fields if f != "split_seed" or self.cfg.sweep.split_seeds]
 
 
 def _ops(runs: list[dict]) -> list[str]:
@@ -78,8 +89,43 @@ def _ops(runs: list[dict]) -> list[str]:
   return list(dict.fromkeys(r["op"] for r in runs))
 
 
+def _entries(run: dict) -> tuple:
+  """The optimizer, model and loss a run names, and the methods it uses."""
+  opt = registry.lookup(registry.OPTIMIZERS, run["optimizer"], "optim.name")
+  mod = registry.lookup(registry.MODELS, run["model"], "model.name")
+  loss = registry.lookup(registry.LOSSES, run["loss"], "method.loss")
+  used = tuple(m for m in registry.METHODS.values() if m.active(run))
+  return opt, mod, loss, used
+
+
+def signature(run: dict) -> tuple:
+  """What a run's program depends on: its optimizer, model, loss, the methods kept
+  apart (``Method.separate``) that it uses, and the static values of all of them."""
+  opt, mod, loss, used = _entries(run)
+  static = [k.field for e in (opt, mod, *used) for k in e.keys if not k.per_run]
+  apart = tuple(m.name for m in used if m.separate)
+  return (opt.name, mod.name, loss.name, apart, tuple((f, run[f]) for f in static))
+
+
+def _program(sweep_cfg, runs: list[dict], members: list[int], table, batch: int) -> Program:
+  first = runs[members[0]]
+  opt, mod, loss, _ = _entries(first)
+  used = tuple(m for m in registry.METHODS.values() if any(m.active(runs[k]) for k in members))
+  values = {}
+  for entry in (opt, mod, *used):
+    owner = next((runs[k] for k in members if entry not in used or entry.active(runs[k])), first)
+    values.update({k.field: owner[k.field] for k in entry.keys if not k.per_run})
+  model = make_model(
+    dict(name=mod.name, **{k.field: values[k.field] for k in mod.keys}), table.vocab_size, table.n
+  )
+  static = train.Static(
+    model, opt, used, values, loss.fn, batch, sweep_cfg.eval_batch, sweep_cfg.eval_float64
+  )
+  return Program(static, np.asarray(members))
+
+
 def build(cfg) -> Sweep:
-  """Validates cfg and builds the table, the runs and their splits."""
+  """Validates cfg and builds the table, the runs, their splits and their programs."""
   cfg = config_lib.validate(cfg)
   runs = config_lib.run_grid(cfg)
   ops = _ops(runs)
@@ -92,23 +138,31 @@ def build(cfg) -> Sweep:
     train_masks[k, rows], val_masks[k, rows] = train, ~train
   n_train = train_masks.sum(1)
   batch_sizes = np.maximum(np.minimum(cfg.batch_size, (n_train * cfg.batch_frac).astype(int)), 1)
-  model = make_model(cfg.model, table.vocab_size, table.n)
-  return Sweep(cfg, runs, table, train_masks, val_masks, batch_sizes, model)
+  groups: dict[tuple, list[int]] = {}
+  for k, run in enumerate(runs):
+    groups.setdefault(signature(run), []).append(k)
+  programs = [
+    _program(cfg, runs, members, table, int(batch_sizes[members].max()))
+    for members in groups.values()
+  ]
+  return Sweep(cfg, runs, table, train_masks, val_masks, batch_sizes, programs)
 
 
-def run_arrays(sweep: Sweep, multiple: int = 1) -> train.Run:
-  """The runs as stacked arrays, padded with copies of the last run to a multiple
-  of ``multiple`` (the device count). Each run gets the rows of its operation,
-  padded to the largest operation's count."""
-  k = len(sweep.runs)
-  idx = np.minimum(np.arange(-(-k // multiple) * multiple), k - 1)
+def run_arrays(sweep: Sweep, prog: Program, multiple: int = 1) -> train.Run:
+  """A program's runs as stacked arrays, padded with copies of its last run to a
+  multiple of ``multiple`` (the device count). Each run gets the rows of its
+  operation, padded to the largest operation's count."""
+  k = len(prog.runs)
+  idx = prog.runs[np.minimum(np.arange(-(-k // multiple) * multiple), k - 1)]
   own = sweep.train_masks[idx] | sweep.val_masks[idx]  # [K', N]
   m = int(own.sum(1).max())
   # Stable sort puts each run's own rows first, in table order.
   rows = np.argsort(~own, axis=1, kind="stable")[:, :m].astype(np.int32)
   valid = np.take_along_axis(own, rows, 1)
   runs = [sweep.runs[i] for i in idx]
-  hparams = {h: np.asarray([_hparam(r, h) for r in runs], np.float32) for h in train.HPARAMS}
+  static = prog.static
+  per_run = [k for e in (static.optimizer, *static.methods) for k in e.keys if k.per_run]
+  hparams = {k.field: np.asarray([float(r[k.field]) for r in runs], np.float32) for k in per_run}
   return train.Run(
     seed=np.asarray([r["seed"] for r in runs], np.int32),
     rows=rows,
@@ -119,23 +173,19 @@ def run_arrays(sweep: Sweep, multiple: int = 1) -> train.Run:
   )
 
 
-def _hparam(run: dict, name: str) -> float:
-  """A run's value of one of train.HPARAMS, from its runs.json entry."""
-  return float(run["loss"] == "stablemax") if name == "stablemax" else float(run[name])
-
-
-def device_inputs(sweep: Sweep, multiple: int | None = None) -> tuple[train.Table, train.Run]:
-  """The table (replicated) and the runs (split over every device on the run axis,
-  padded to a multiple of ``multiple``, by default the device count)."""
+def device_inputs(sweep: Sweep, padding=None) -> tuple[data.Table, list[train.Run]]:
+  """The table (replicated) and each program's runs (split over every device on the
+  run axis, padded to a multiple of the device count, or to ``padding[i]`` runs)."""
   mesh = jax.make_mesh((jax.device_count(),), ("runs",), axis_types=(AxisType.Auto,))
-  runs = run_arrays(sweep, multiple or jax.device_count())
-  runs = jax.device_put(runs, NamedSharding(mesh, P("runs")))
-  table = train.Table(sweep.table.inputs, sweep.table.labels)
-  return jax.device_put(table, NamedSharding(mesh, P())), runs
+  runs = []
+  for i, prog in enumerate(sweep.programs):
+    multiple = padding[i] if padding else jax.device_count()
+    runs.append(jax.device_put(run_arrays(sweep, prog, multiple), NamedSharding(mesh, P("runs"))))
+  return jax.device_put(sweep.table, NamedSharding(mesh, P())), runs
 
 
-def abstract_states(sweep: Sweep, init, table, runs):
-  """Shapes, dtypes and shardings of the batched state, without computing it."""
+def abstract_states(init, table, runs):
+  """Shapes, dtypes and shardings of a program's batched state, without computing it."""
   sharding = runs.seed.sharding  # every state leaf has the run axis first
   return jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
@@ -143,20 +193,21 @@ def abstract_states(sweep: Sweep, init, table, runs):
   )
 
 
-def sweep_fns(sweep: Sweep):
-  """The jitted, vmapped (init, chunk) of ``train.make_sweep_fns`` for this sweep."""
+def sweep_fns(sweep: Sweep) -> list[tuple]:
+  """Per program, the jitted, vmapped (init, chunk) of ``train.make_sweep_fns``."""
   cfg = sweep.cfg
-  static = train.Static(
-    sweep.model,
-    cfg.optim,
-    sweep.batch,
-    cfg.eval_batch,
-    ma_window=cfg.method.grokfast_window if any(r["grokfast_ma_lamb"] for r in sweep.runs) else 0,
-    keep_init=any(r["decay_to_init"] for r in sweep.runs),
-    eval_float64=cfg.eval_float64,
-  )
   precision = None if cfg.matmul_precision == "default" else cfg.matmul_precision
-  return train.make_sweep_fns(static, precision, vmap_group(cfg, sweep.batch))
+  return [
+    train.make_sweep_fns(p.static, precision, vmap_group(cfg, p.static.batch))
+    for p in sweep.programs
+  ]
+
+
+def restore(sweep: Sweep, mngr, fns, table, runs, step: int | None = None):
+  """(states per program, meta) of the checkpoint at ``step`` (default: the latest),
+  or None without one: the one way a sweep's state is read back."""
+  abstract = [abstract_states(init, table, r) for (init, _), r in zip(fns, runs)]
+  return checkpoint.restore(mngr, abstract, step)
 
 
 def vmap_group(cfg, batch: int) -> int | None:
@@ -208,11 +259,17 @@ def _prepare_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
   logs.write_json_atomic(config_path, config_lib.to_json(sweep.cfg))
 
 
-def _record(step: int, metrics: dict, k: int) -> dict:
-  """One metrics.msgpack record. Several processes: every one calls this (a gather;
-  with one process it is a plain fetch)."""
+def _record(step: int, metrics: list[dict], sweep: Sweep) -> dict:
+  """One metrics.msgpack record from each program's metrics, in runs.json order (a
+  metric one program lacks, such as another model's module norm, is NaN there).
+  Several processes: every one calls this (a gather; one process: a plain fetch)."""
   host = multihost_utils.process_allgather(metrics, tiled=True)
-  return {"step": int(step), **{name: [float(x) for x in v[:k]] for name, v in host.items()}}
+  names = list(dict.fromkeys(n for m in host for n in m))
+  out = {name: np.full(len(sweep.runs), np.nan) for name in names}
+  for prog, m in zip(sweep.programs, host):
+    for name, values in m.items():
+      out[name][prog.runs] = values[: len(prog.runs)]
+  return {"step": int(step), **{name: [float(x) for x in v] for name, v in out.items()}}
 
 
 def _barrier(name: str) -> None:
@@ -221,8 +278,10 @@ def _barrier(name: str) -> None:
 
 
 def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = True) -> Path:
-  """Trains every run of the sweep ``cfg`` in one program; resumes from the last
-  checkpoint in ``workdir``. Returns the run directory."""
+  """Trains every run of the sweep ``cfg``, one compiled program per static
+  signature; resumes from the last checkpoint in ``workdir``. Writes the metric log
+  and the checkpoints, nothing else (grokjax.report summarises and draws). Returns
+  the run directory."""
   sweep = build(cfg)
   cfg = sweep.cfg
   if jax.process_count() > 1 and not workdir:
@@ -237,25 +296,24 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
     _prepare_workdir(workdir, sweep, reconfigure)
   _barrier("workdir")
 
-  k = len(sweep.runs)
   table, runs = device_inputs(sweep)
-  init, chunk = sweep_fns(sweep)
-
+  fns = sweep_fns(sweep)
   mngr = checkpoint.manager(workdir, cfg.checkpoint_keep)
-  padded = int(runs.seed.shape[0])
-  saved = checkpoint.saved_padding(mngr)
+  padded = [int(r.seed.shape[0]) for r in runs]
+  saved = checkpoint.saved_meta(mngr).get("padded_runs")
   if saved not in (None, padded):
     raise UserError(
-      f"the checkpoints in {workdir} hold {saved} runs with padding, this machine's "
-      f"{jax.device_count()} devices pad to {padded}: resume on as many devices as it started on"
+      f"the checkpoints in {workdir} hold {saved} runs per program with padding, this "
+      f"machine's {jax.device_count()} devices pad to {padded}: resume on as many devices "
+      "as it started on"
     )
-  restored = checkpoint.restore(mngr, abstract_states(sweep, init, table, runs))
+  restored = restore(sweep, mngr, fns, table, runs)
   start = 0
   if restored:
     states, meta = restored
     start = int(meta["step"])
   else:
-    states = init(table, runs)
+    states = [init(table, r) for (init, _), r in zip(fns, runs)]
   if primary:
     logs.truncate_metrics(workdir / "metrics.msgpack", start if restored else -1)
   points = [s for s in config_lib.eval_steps(cfg) if s > start or (s == 0 and not restored)]
@@ -266,29 +324,30 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
     initial=start,
     unit="step",
     disable=not progress or not points or not primary,
-    desc=f"{', '.join(_ops(sweep.runs))} (p={cfg.p}), {k} runs",
+    desc=f"{', '.join(_ops(sweep.runs))} (p={cfg.p}), {len(sweep.runs)} runs",
   )
 
   writer = logs.MetricWriter(workdir / "metrics.msgpack") if primary else None
   pending, prev = None, start
 
   def flush():
-    record = _record(*pending, k)
+    record = _record(*pending, sweep)
     if not primary:
       return
     writer.write(record)
     trackers.write(record)
     bar.update(record["step"] - bar.n)
     bar.set_postfix(
-      train_acc=f"{np.median(record['train_acc']):.3f}",
-      val_acc=f"{np.median(record['val_acc']):.3f}",
+      train_acc=f"{np.nanmedian(record['train_acc']):.3f}",
+      val_acc=f"{np.nanmedian(record['val_acc']):.3f}",
       refresh=False,
     )
 
   for step in points:
-    # Dispatch the next chunk before fetching the last one's metrics, so the
-    # device never waits on logging.
-    states, metrics = chunk(table, runs, states, step - prev)
+    # Dispatch the next chunk of every program before fetching the last one's
+    # metrics, so the device never waits on logging.
+    out = [chunk(table, r, st, step - prev) for (_, chunk), r, st in zip(fns, runs, states)]
+    states, metrics = [o[0] for o in out], [o[1] for o in out]
     if pending:
       flush()
     pending = (step, metrics)
@@ -303,20 +362,6 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   bar.close()
   mngr.wait_until_finished()
   mngr.close()
-  if not primary:
-    return workdir
-  writer.close()
-
-  summary = analysis.summarize(
-    logs.read_metrics(workdir / "metrics.msgpack"), sweep.runs, cfg.threshold
-  )
-  logs.write_json_atomic(workdir / "summary.json", summary)
-  plots.write_figures(workdir, threshold=cfg.threshold)
-  if cfg.interp:
-    from grokjax import interp  # matplotlib and the Fourier tools, only when asked for
-
-    interp.write_figures(workdir)
-  if points and progress:
-    print(analysis.table(summary, sweep.runs, sweep.swept()))
-    print(f"run directory: {workdir}")
+  if primary:
+    writer.close()
   return workdir

@@ -9,16 +9,15 @@ masked batch of the static size, so train fractions never cause a recompile.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from grokjax import losses, optim
-
-# Per-run numbers of a Run: the optimizer's, then the loss switch and weight-norm knobs.
-HPARAMS = (*optim.INJECTED, "stablemax", "init_scale", "norm_target")
+from grokjax import registry
+from grokjax.data import Table
 
 
 class Run(NamedTuple):
@@ -34,7 +33,7 @@ class Run(NamedTuple):
   valid: jax.Array  # bool [M]: real rows (False: padding)
   train_mask: jax.Array  # bool [M]: training rows; valid & ~train_mask is validation
   batch_size: jax.Array  # int32: this run's batch, <= the static batch size
-  hparams: dict  # HPARAMS -> float32: lr, weight decay, the method knobs (0/1 for switches)
+  hparams: dict  # field -> float32: the per-run values of the program's optimizer and methods
 
 
 class TrainState(NamedTuple):
@@ -43,52 +42,66 @@ class TrainState(NamedTuple):
   step: jax.Array  # int32: updates taken
 
 
-class Table(NamedTuple):
-  """A table on device: ``inputs [N, 4]``, ``labels [N]`` (shared by every run)."""
-
-  inputs: jax.Array
-  labels: jax.Array
-
-
 # Every evaluation also logs "param_norm/<module>": the L2 norm of each top-level module.
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "param_norm")
 
 
-def _keys(seed):
+def keys(seed):
   """(init key, batch-order key) of a run, both derived from its seed."""
   key = jax.random.key(seed)
   return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
 
 class Static(NamedTuple):
-  """What every run of a program shares: model, optimizer config, shapes."""
+  """What every run of one program shares: the model, the optimizer, the methods
+  some run of it uses, the loss, their static values, the shapes."""
 
-  model: object
-  optim_cfg: object
+  model: object  # a Flax module
+  optimizer: registry.Optimizer
+  methods: tuple  # registry.Method entries, in registration order
+  values: dict  # field -> static value (the optimizer's, the methods', the model's)
+  loss: Callable  # per-example loss (registry.Loss.fn)
   batch: int  # the static batch size
   eval_batch: int  # table rows per evaluation block
-  ma_window: int = 0  # Grokfast-MA buffer length (0: no run uses it)
-  keep_init: bool = False  # some run decays towards its initial weights
   eval_float64: bool = False  # evaluate the loss in float64 too (see ``evaluate``)
 
 
-def _optimizer(static: Static, hparams: dict, step=None):
-  return optim.make_optimizer(static.optim_cfg, hparams, static.ma_window, static.keep_init, step)
+def _values(static: Static, entry, hparams: dict) -> dict:
+  """An entry's keyword arguments: its per-run values from ``hparams``, the rest static."""
+  return {k.field: hparams[k.field] if k.per_run else static.values[k.field] for k in entry.keys}
+
+
+def optimizer(static: Static, hparams: dict, step=None) -> optax.GradientTransformation:
+  """One run's optimizer: the methods' gradient filters inside the optimizer's chain.
+
+  ``hparams`` (one run's per-run values, traced under ``vmap``) enter as closures,
+  so building it again in every step is free. ``step`` (the update's index, shared by
+  all runs) goes to the methods that ask for it: given unbatched under ``vmap``, a
+  ring buffer's slot is one index and its write happens in place.
+  """
+  filters = []
+  for m in static.methods:
+    if m.gradient is not None:
+      extra = dict(step=step) if m.uses_step else {}
+      filters.append(m.gradient(**_values(static, m, hparams), **extra))
+  return static.optimizer.make(filters, **_values(static, static.optimizer, hparams))
 
 
 def init_state(static: Static, table: Table, run: Run) -> TrainState:
-  """Fresh parameters (times the run's init_scale) and optimizer state of one run."""
-  init_key, _ = _keys(run.seed)
+  """Fresh parameters (through the methods' ``init``) and optimizer state of one run."""
+  init_key, _ = keys(run.seed)
   params = static.model.init(init_key, table.inputs[:1])["params"]
-  params = jax.tree.map(lambda p: p * run.hparams["init_scale"], params)
-  return TrainState(params, _optimizer(static, run.hparams).init(params), jnp.zeros((), jnp.int32))
+  for m in static.methods:
+    if m.init is not None:
+      params = m.init(params, **_values(static, m, run.hparams))
+  tx = optimizer(static, run.hparams)
+  return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
 
-def per_example(model, params, inputs, labels, stablemax=False):
-  """Cross-entropy (StableMax's where ``stablemax``) and correctness of the answer
-  token, per example."""
-  logits = model.apply({"params": params}, inputs)
-  return losses.cross_entropy(logits, labels, stablemax), (logits.argmax(-1) == labels)
+def per_example(static: Static, params, inputs, labels):
+  """The loss and correctness of the answer token, per example."""
+  logits = static.model.apply({"params": params}, inputs)
+  return static.loss(logits, labels), (logits.argmax(-1) == labels)
 
 
 def batch_indices(run: Run, step, batch: int):
@@ -103,7 +116,7 @@ def batch_indices(run: Run, step, batch: int):
   n_train = run.train_mask.sum()
   steps_per_epoch = jnp.maximum(n_train // run.batch_size, 1)
   epoch, k = jnp.divmod(step, steps_per_epoch)
-  _, order_key = _keys(run.seed)
+  _, order_key = keys(run.seed)
   noise = jax.random.uniform(jax.random.fold_in(order_key, epoch), (n,))
   order = jnp.argsort(jnp.where(run.train_mask, noise, 2.0))  # train rows first
   slots = jnp.arange(batch)
@@ -112,31 +125,32 @@ def batch_indices(run: Run, step, batch: int):
 
 
 def train_step(static: Static, table: Table, run: Run, state: TrainState, step=None):
-  """One update of one run on its next batch (then the fixed-norm projection, if on).
+  """One update of one run on its next batch, then the methods' ``after_update``.
 
   ``step`` is ``state.step`` given unbatched (every run of a sweep is at the same
   step), which keeps per-step indexing a single index under ``vmap``.
   """
+  table = jax.tree.map(jnp.asarray, table)  # a host (numpy) table works too
   step = state.step if step is None else step
   slots, weights = batch_indices(run, step, static.batch)
   rows = run.rows[slots]
-  stablemax = run.hparams["stablemax"] > 0
 
   def loss_fn(params):
-    loss, _ = per_example(static.model, params, table.inputs[rows], table.labels[rows], stablemax)
+    loss, _ = per_example(static, params, table.inputs[rows], table.labels[rows])
     return (loss * weights).sum() / weights.sum()
 
   grads = jax.grad(loss_fn)(state.params)
-  tx = _optimizer(static, run.hparams, step)  # update() reads the hyperparameters from the state
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = optimizer(static, run.hparams, step).update(
+    grads, state.opt_state, state.params
+  )
   params = optax.apply_updates(state.params, updates)
-  target = run.hparams["norm_target"]
-  scale = jnp.where(target > 0, target / optax.tree.norm(params), 1.0)
-  params = jax.tree.map(lambda p: p * scale, params)
+  for m in static.methods:
+    if m.after_update is not None:
+      params = m.after_update(params, **_values(static, m, run.hparams))
   return TrainState(params, opt_state, state.step + 1)
 
 
-def evaluate(model, eval_batch: int, table: Table, run: Run, params, float64=False) -> dict:
+def evaluate(static: Static, table: Table, run: Run, params, float64=False) -> dict:
   """Loss and accuracy on the run's full train and val sets, and weight norms
   (all parameters, and per top-level module: embeddings, each block, unembedding).
 
@@ -147,19 +161,19 @@ def evaluate(model, eval_batch: int, table: Table, run: Run, params, float64=Fal
   float32 loss is exactly 0: Prieto et al.'s "softmax collapse", where the correct
   class's probability rounds to 1 and the example stops giving gradient.
   """
+  table = jax.tree.map(jnp.asarray, table)  # a host (numpy) table works too
   n = run.rows.shape[0]
-  blocks = -(-n // eval_batch)
+  blocks = -(-n // static.eval_batch)
   size = -(-n // blocks)  # equal blocks of at most eval_batch rows, padding < blocks
   rows = jnp.pad(run.rows, (0, blocks * size - n)).reshape(blocks, size)
-  stablemax = run.hparams["stablemax"] > 0
 
   def block(r):
     inputs, labels = table.inputs[r], table.labels[r]
-    loss32, correct = per_example(model, params, inputs, labels, stablemax)
+    loss32, correct = per_example(static, params, inputs, labels)
     if not float64:
       return loss32, correct, loss32
     params64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-    return per_example(model, params64, inputs, labels, stablemax)[0], correct, loss32
+    return per_example(static, params64, inputs, labels)[0], correct, loss32
 
   loss, correct, loss32 = (x.reshape(-1)[:n] for x in jax.lax.map(block, rows))
 
@@ -193,7 +207,7 @@ def make_chunk_fn(static: Static):
     state = jax.lax.fori_loop(0, n_steps, step, state)
     if static.eval_float64:
       return state, {}
-    return state, evaluate(static.model, static.eval_batch, table, run, state.params)
+    return state, evaluate(static, table, run, state.params)
 
   return chunk
 
@@ -227,7 +241,7 @@ def make_sweep_fns(static: Static, precision=None, group=None):
 
   def eval_one(table, run, params):
     with jax.default_matmul_precision(precision):
-      return evaluate(static.model, static.eval_batch, table, run, params, float64=True)
+      return evaluate(static, table, run, params, float64=True)
 
   eval64 = jax.jit(jax.vmap(eval_one, (None, 0, 0)))
 

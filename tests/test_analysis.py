@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from grokjax import analysis, logs
+from grokjax import analysis, logs, rundir
 from grokjax.errors import UserError
 
 STEPS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
@@ -68,7 +68,7 @@ def test_first_step_any_threshold():
 
 
 def test_load_run_dir(run_dir):
-  rd = analysis.load_run_dir(run_dir)
+  rd = rundir.load(run_dir)
   assert rd.path == run_dir and rd.threshold == 0.99
   assert [r["index"] for r in rd.runs] == list(range(6))
   assert rd.metrics["step"].tolist() == STEPS
@@ -79,7 +79,7 @@ def test_load_run_dir(run_dir):
 def test_load_skips_a_torn_tail(run_dir):
   raw = (run_dir / "metrics.msgpack").read_bytes()
   (run_dir / "metrics.msgpack").write_bytes(raw[:-7])
-  assert analysis.load_run_dir(run_dir).metrics["step"].tolist() == STEPS[:-1]
+  assert rundir.load(run_dir).metrics["step"].tolist() == STEPS[:-1]
 
 
 def _drop_runs_json(d):
@@ -109,19 +109,19 @@ def _fewer_runs(d):
 )
 def test_load_refuses_what_is_not_a_sweep(run_dir, breakage, message):
   with pytest.raises(UserError, match=message):
-    analysis.load_run_dir(breakage(run_dir))
+    rundir.load(breakage(run_dir))
 
 
 def test_no_metrics_yet(run_dir):
   (run_dir / "metrics.msgpack").unlink()
-  rd = analysis.load_run_dir(run_dir)
+  rd = rundir.load(run_dir)
   assert rd.metrics == {} and analysis.tidy_rows(rd) == []
   with pytest.raises(UserError, match="no metric records yet"):
     analysis.require_metrics(rd)
 
 
 def test_summarize_steps_delay_final(run_dir):
-  rd = analysis.load_run_dir(run_dir)
+  rd = rundir.load(run_dir)
   summary = analysis.summarize_arrays(rd.metrics, rd.runs, 0.99)
   assert [s["train_step"] for s in summary] == [20] * 6
   assert [s["val_step"] for s in summary] == [None, None, 500, None, 100, 200]
@@ -183,7 +183,7 @@ def test_group_runs_over_seeds_only():
 
 
 def test_group_summary_medians_over_seeds(run_dir):
-  rd = analysis.load_run_dir(run_dir)
+  rd = rundir.load(run_dir)
   groups = analysis.group_summary(analysis.summarize_arrays(rd.metrics, rd.runs), rd.runs)
   assert [g["setting"]["train_frac"] for g in groups] == [0.3, 0.5, 0.7]
   assert [g["runs"] for g in groups] == [[0, 1], [2, 3], [4, 5]]
@@ -199,7 +199,7 @@ def test_group_summary_medians_over_seeds(run_dir):
 
 
 def test_table_lists_runs_then_settings(run_dir):
-  rd = analysis.load_run_dir(run_dir)
+  rd = rundir.load(run_dir)
   text = analysis.table(
     analysis.summarize_arrays(rd.metrics, rd.runs), rd.runs, ["train_frac", "seed"]
   )
@@ -231,7 +231,7 @@ def test_table_lists_runs_then_settings(run_dir):
 
 
 def test_tidy_rows(run_dir):
-  rd = analysis.load_run_dir(run_dir)
+  rd = rundir.load(run_dir)
   rows = analysis.tidy_rows(rd)
   assert len(rows) == 6 * len(STEPS)
   row = rows[len(STEPS) + 3]  # run 1, fourth evaluation

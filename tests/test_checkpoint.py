@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from grokjax import checkpoint, logs, sweep
+from grokjax import logs, report, rundir, sweep
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def _cli(workdir, *flags):
 
 
 def _params(workdir, k):
-  return [checkpoint.load_run(workdir, run=i).params for i in range(k)]
+  return [rundir.load_run(workdir, run=i).params for i in range(k)]
 
 
 def _assert_same_params(a, b):
@@ -74,6 +74,7 @@ def test_kill_9_at_a_random_moment_then_resume_is_exact(tmp_path):
 
 def test_resume_drops_a_torn_record_and_lost_checkpoint(tmp_path, tiny):
   ref = sweep.run_sweep(tiny(), tmp_path / "ref", progress=False)
+  report.report(ref)
   crashed = tmp_path / "crashed"
   shutil.copytree(ref, crashed)
   # A crash after step 30 was logged but before the step-40 checkpoint finished,
@@ -82,7 +83,7 @@ def test_resume_drops_a_torn_record_and_lost_checkpoint(tmp_path, tiny):
   raw = (crashed / "metrics.msgpack").read_bytes()
   (crashed / "metrics.msgpack").write_bytes(raw[:-7])
   (crashed / "summary.json").unlink()
-  sweep.run_sweep(tiny(), crashed, progress=False)
+  report.report(sweep.run_sweep(tiny(), crashed, progress=False))
   assert (crashed / "metrics.msgpack").read_bytes() == raw
   assert json.loads((crashed / "summary.json").read_text()) == json.loads(
     (ref / "summary.json").read_text()
@@ -107,6 +108,7 @@ def test_reconfigure_extends_a_finished_sweep(tmp_path, tiny):
 def test_one_diverging_run_leaves_the_others_alone(tmp_path, tiny):
   cfg = tiny(**{"sweep.lr": (1e-3, 1e30), "sweep.train_fracs": (0.5,)})
   workdir = sweep.run_sweep(cfg, tmp_path / "mixed", progress=False)
+  report.report(workdir)
   runs = json.loads((workdir / "runs.json").read_text())
   summary = json.loads((workdir / "summary.json").read_text())
   assert [s["diverged"] for s in summary] == [r["lr"] > 1 for r in runs] == [0, 0, 1, 1]
@@ -126,14 +128,14 @@ def test_one_diverging_run_leaves_the_others_alone(tmp_path, tiny):
 def test_load_run_round_trip(tmp_path, tiny):
   workdir = sweep.run_sweep(tiny(), tmp_path / "w", progress=False)
   records = logs.read_metrics(workdir / "metrics.msgpack")
-  assert checkpoint.saved_steps(workdir) == [20, 40]
+  assert rundir.load(workdir).steps() == [20, 40]
   for step, record in ((None, records[-1]), (20, records[2])):
     for run in (0, 3):
-      loaded = checkpoint.load_run(workdir, run=run, step=step)
+      loaded = rundir.load_run(workdir, run=run, step=step)
       assert loaded.step == record["step"]
       assert loaded.accuracy("val") == pytest.approx(record["val_acc"][run], abs=1e-6)
       assert loaded.accuracy("train") == pytest.approx(record["train_acc"][run], abs=1e-6)
   with pytest.raises(UserError, match="no checkpoint at step 30"):
-    checkpoint.load_run(workdir, run=0, step=30)
+    rundir.load_run(workdir, run=0, step=30)
   with pytest.raises(UserError, match="runs are 0..3"):
-    checkpoint.load_run(workdir, run=4)
+    rundir.load_run(workdir, run=4)

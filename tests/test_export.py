@@ -6,7 +6,7 @@ import pytest
 from conftest import run_script
 from test_analysis import STEPS, make_run_dir
 
-from grokjax import analysis, logs
+from grokjax import analysis, logs, rundir
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FIELDS = ["index", "op", "p", "train_frac", "lr", "weight_decay", "split_seed", "seed"]
@@ -19,7 +19,7 @@ def run_dir(tmp_path):
 
 
 def test_csv_one_row_per_run_per_eval(run_dir):
-  out = analysis.export(analysis.load_run_dir(run_dir), "csv")
+  out = analysis.export(rundir.load(run_dir), "csv")
   assert out == run_dir / "metrics.csv"
   with open(out, newline="") as f:
     rows = list(csv.DictReader(f))
@@ -42,7 +42,7 @@ def test_jsonl_with_null_for_non_finite(run_dir):
   with logs.MetricWriter(run_dir / "metrics.msgpack") as w:
     for r in records:
       w.write(r)
-  out = analysis.export(analysis.load_run_dir(run_dir), "jsonl", run_dir / "h.jsonl")
+  out = analysis.export(rundir.load(run_dir), "jsonl", run_dir / "h.jsonl")
   lines = out.read_text().splitlines()
   assert len(lines) == 6 * len(STEPS)
   rows = [json.loads(line) for line in lines]  # strict JSON: no NaN/Infinity tokens

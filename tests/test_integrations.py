@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from grokjax import analysis, config, integrations, logs, sweep
+from grokjax import config, integrations, logs, rundir, sweep
 from grokjax.errors import UserError
 
 RUNS = [dict(index=i, op="add", p=7, train_frac=0.5, seed=i) for i in range(2)]
@@ -134,21 +134,17 @@ def test_missing_library_is_a_user_error(monkeypatch, tmp_path, key, module):
     integrations.make_writer(logging_config(**{key: True}), RUNS, tmp_path)
 
 
-def test_sweep_logs_every_record_and_draws_figures(fake_wandb, fake_tbx, tmp_path, tiny):
+def test_sweep_logs_every_record(fake_wandb, fake_tbx, tmp_path, tiny):
   cfg = tiny(**{"log.wandb": True, "log.tensorboard": True})
   workdir = sweep.run_sweep(cfg, tmp_path / "run", progress=False)
   records = logs.read_metrics(workdir / "metrics.msgpack")
   assert [r["step"] for r in records] == [0, 10, 20, 30, 40]
   assert len(fake_wandb.runs) == 4 and len(fake_tbx.made) == 4
-  runs = analysis.load_run_dir(workdir).runs
+  runs = rundir.load(workdir).runs
   for k, run in enumerate(fake_wandb.runs):
     assert run.kwargs["config"]["train_frac"] == runs[k]["train_frac"] and run.finished
     assert [step for step, _ in run.logged] == [0, 10, 20, 30, 40]
     assert [d["val_acc"] for _, d in run.logged] == [r["val_acc"][k] for r in records]
   assert all(w.closed and len(w.scalars) == 5 * (len(records[0]) - 1) for w in fake_tbx.made)
-  # the end of a sweep draws its figures
-  assert sorted(p.name for p in (workdir / "figures").iterdir()) == [
-    "curves.png",
-    "steps_to_threshold.png",
-    "weight_norm.png",
-  ]
+  # training writes the log and the checkpoints, nothing else: reporting is a step of its own
+  assert not (workdir / "figures").exists() and not (workdir / "summary.json").exists()

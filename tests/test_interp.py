@@ -1,4 +1,4 @@
-"""grokjax.interp: Fourier basis, key frequencies, restricted/excluded logits, figures."""
+"""grokjax.fourier and grokjax.interp: Fourier basis, key frequencies, restricted/excluded logits, figures."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 
 from grokjax import config as config_lib
-from grokjax import interp
+from grokjax import fourier, interp, plots, report, rundir
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("p", [31, 12])
 def test_fourier_basis_is_orthonormal(p):
-  basis = interp.fourier_basis(p)
+  basis = fourier.fourier_basis(p)
   np.testing.assert_allclose(basis @ basis.T, np.eye(p), atol=1e-12)
-  assert interp.row_frequency(p).max() == p // 2 == interp.num_frequencies(p) - 1
+  assert fourier.row_frequency(p).max() == p // 2 == fourier.num_frequencies(p) - 1
 
 
 def _synthetic_embedding(p, amplitudes, width=64, noise=0.02, seed=0):
@@ -41,52 +41,52 @@ def _synthetic_embedding(p, amplitudes, width=64, noise=0.02, seed=0):
 )
 def test_key_frequencies_of_a_synthetic_embedding(amplitudes):
   e = _synthetic_embedding(31, amplitudes)
-  norms = np.asarray(interp.freq_norms(jnp.asarray(e)))
+  norms = np.asarray(fourier.freq_norms(jnp.asarray(e)))
   assert norms.shape == (16,)
-  assert interp.key_frequencies(norms).tolist() == sorted(amplitudes)
-  assert interp.key_share(norms, sorted(amplitudes)) > 0.95
+  assert fourier.key_frequencies(norms).tolist() == sorted(amplitudes)
+  assert fourier.key_share(norms, sorted(amplitudes)) > 0.95
 
 
 def test_freq_norms_match_the_matrix_norm():
   e = np.random.default_rng(1).normal(size=(13, 8))
-  norms = np.asarray(interp.freq_norms(jnp.asarray(e)))
+  norms = np.asarray(fourier.freq_norms(jnp.asarray(e)))
   np.testing.assert_allclose(np.sum(norms**2), np.sum(e**2), rtol=1e-5)
 
 
 def test_gini():
-  assert abs(float(interp.gini(jnp.ones(10)))) < 1e-6
-  np.testing.assert_allclose(float(interp.gini(jnp.eye(10)[3])), 0.9, rtol=1e-6)
+  assert abs(float(fourier.gini(jnp.ones(10)))) < 1e-6
+  np.testing.assert_allclose(float(fourier.gini(jnp.eye(10)[3])), 0.9, rtol=1e-6)
 
 
 @pytest.mark.parametrize("op", ["add", "sub"])
 def test_restricted_plus_excluded_is_the_logits(op):
   p, keys = 11, [2, 5]
-  phase = interp.phase_index(p, interp.check_op(op))
-  mask = np.isin(np.arange(interp.num_frequencies(p)), keys)
+  phase = fourier.phase_index(p, fourier.check_op(op))
+  mask = np.isin(np.arange(fourier.num_frequencies(p)), keys)
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(p, p, p)), jnp.float32)
-  restricted, excluded = interp.split_logits(logits, phase, mask)
+  restricted, excluded = fourier.split_logits(logits, phase, mask)
   np.testing.assert_allclose(restricted + excluded, logits, atol=1e-6)
   # restricted is a projection: applying it again changes nothing, excluded has no key part
-  again, rest = interp.split_logits(restricted, phase, mask)
+  again, rest = fourier.split_logits(restricted, phase, mask)
   np.testing.assert_allclose(again, restricted, atol=1e-5)
   np.testing.assert_allclose(rest, 0, atol=1e-5)
-  np.testing.assert_allclose(interp.split_logits(excluded, phase, mask)[0], 0, atol=1e-5)
+  np.testing.assert_allclose(fourier.split_logits(excluded, phase, mask)[0], 0, atol=1e-5)
   # logits made of the key directions (plus a per-(x, y) constant) are kept whole
   w = 2 * np.pi * np.asarray(keys) / p
   ideal = sum(np.cos(wk * phase) + 0.5 * np.sin(wk * phase) for wk in w)
-  restricted, excluded = interp.split_logits(jnp.asarray(ideal, jnp.float32), phase, mask)
+  restricted, excluded = fourier.split_logits(jnp.asarray(ideal, jnp.float32), phase, mask)
   np.testing.assert_allclose(restricted, ideal, atol=1e-5)
   # ... and argmax z of cos(w_k(x + y - z)) is the answer
   x, y = 3, 9
-  z = (x + interp.SIGNS[op] * y) % p
+  z = (x + fourier.SIGNS[op] * y) % p
   assert int(np.argmax(ideal[x, y])) == z
 
 
 @pytest.mark.parametrize("op", ["s5", "cubic", "mul", "div"])
 def test_ops_without_the_fourier_view_are_refused(op):
   with pytest.raises(UserError, match="no Fourier view"):
-    interp.check_op(op)
+    fourier.check_op(op)
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +100,15 @@ def trained(tmp_path_factory):
 
 
 def test_write_figures(trained):
-  paths = interp.write_figures(trained)
+  paths = report.write_measures(rundir.load(trained))
   names = sorted(p.name for p in paths)
   assert names == sorted(
-    [f"interp_run{k}_{f}.png" for k in (0, 1) for f in interp.FIGURES] + ["interp.json"]
+    [f"interp_run{k}_{f}.png" for k in (0, 1) for f in plots.INTERP_FIGURES] + ["interp.json"]
   )
   summ = json.loads((trained / "interp.json").read_text())
   assert [s["run"] for s in summ] == [0, 1]
   assert sorted(map(int, summ[0]["gini_at"])) == [0, 10, 20, 30, 40]
-  m = interp.compute(trained)
+  m = interp.compute(rundir.load(trained))
   assert m.values["embed_norms"].shape == (5, 2, 4)
   # step 0 is the initialisation: the restricted loss of near-zero logits is ~log p
   assert abs(m.values["restricted_loss"][0] - np.log(7)).max() < 0.1

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grokjax import config, logs, losses, optim, sweep
+from grokjax import config, logs, losses, optim, registry, report, sweep
 from grokjax.config import default_config
 from grokjax.model import make_model
 
@@ -93,9 +93,9 @@ def test_stablemax_values_and_gradients():
   grad[[0, 1], [0, 3]] -= ds[[0, 1], [0, 3]] / s[[0, 1], [0, 3]]
   got = jax.grad(lambda z: losses.stablemax_cross_entropy(z, y).sum())(z)
   np.testing.assert_allclose(got, grad, rtol=1e-5, atol=1e-7)
-  # the per-run switch selects one loss or the other
-  np.testing.assert_allclose(losses.cross_entropy(z, y, jnp.array(True)), expected, rtol=1e-6)
-  assert not np.allclose(losses.cross_entropy(z, y, jnp.array(False)), expected)
+  # method.loss names the registered loss a run trains with
+  np.testing.assert_allclose(registry.LOSSES["stablemax"].fn(z, y), expected, rtol=1e-6)
+  assert not np.allclose(registry.LOSSES["softmax"].fn(z, y), expected)
 
 
 def test_mlp_model():
@@ -120,9 +120,18 @@ def test_variants_side_by_side(tmp_path, tiny):
     }
   )
   workdir = sweep.run_sweep(cfg, tmp_path / "variants", progress=False)
+  report.report(workdir)
   runs = json.loads((workdir / "runs.json").read_text())
   assert [r["variant"] for r in runs] == [n for n in names for _ in (0, 1)]
   assert len(names) == 7
+  # One program for the per-run methods; Grokfast-MA's window and StableMax's loss
+  # are static, so their runs train in programs of their own.
+  programs = [[runs[k]["variant"] for k in p.runs] for p in sweep.build(cfg).programs]
+  assert [sorted(set(p)) for p in programs] == [
+    ["baseline", "baseline_lr_matched", "baseline_wd0", "grokfast_ema", "orthograd"],
+    ["grokfast_ma"],
+    ["stablemax"],
+  ]
   assert (workdir / "figures" / "variants.png").stat().st_size > 10_000
   by_name = {r["variant"]: r for r in runs}
   assert by_name["baseline_lr_matched"]["lr"] == pytest.approx(3e-3)

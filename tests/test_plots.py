@@ -8,7 +8,7 @@ import pytest
 from conftest import run_script
 from test_analysis import make_run_dir
 
-from grokjax import analysis, plots
+from grokjax import analysis, plots, rundir
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +17,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def rd(tmp_path):
-  return analysis.load_run_dir(make_run_dir(tmp_path / "sweep"))
+  return rundir.load(make_run_dir(tmp_path / "sweep"))
 
 
 def lines_of(ax, min_width=0.0):
@@ -26,13 +26,13 @@ def lines_of(ax, min_width=0.0):
 
 def test_write_figures_into_run_dir(tmp_path):
   run_dir = make_run_dir(tmp_path / "sweep")
-  paths = plots.write_figures(run_dir)
+  paths = plots.write_figures(rundir.load(run_dir))
   assert [p.name for p in paths] == ["curves.png", "steps_to_threshold.png", "weight_norm.png"]
   for p in paths:
     assert p.parent == run_dir / "figures"
     data = p.read_bytes()
     assert data.startswith(PNG) and len(data) > 10_000
-  out = plots.write_figures(run_dir, tmp_path / "elsewhere", threshold=0.5)
+  out = plots.write_figures(rundir.load(run_dir), tmp_path / "elsewhere", threshold=0.5)
   assert all(p.parent == tmp_path / "elsewhere" and p.stat().st_size > 10_000 for p in out)
 
 
@@ -60,7 +60,7 @@ def test_curves_one_column_per_setting(rd):
 
 def test_panels_wrap_after_five_columns(tmp_path):
   val_at = {(round(0.1 * i, 1), 0): 100 for i in range(1, 8)}
-  rd = analysis.load_run_dir(make_run_dir(tmp_path / "s", val_at=val_at))
+  rd = rundir.load(make_run_dir(tmp_path / "s", val_at=val_at))
   assert len(plots.curves(rd).axes) == 2 * 7
   assert len(plots.weight_norm(rd).axes) == 7
 
@@ -94,7 +94,7 @@ def test_steps_to_threshold_other_threshold(rd):
 
 
 def test_one_series_per_operation(tmp_path):
-  rd = analysis.load_run_dir(make_run_dir(tmp_path / "s", ops=("add", "sub")))
+  rd = rundir.load(make_run_dir(tmp_path / "s", ops=("add", "sub")))
   fig = plots.steps_to_threshold(rd)
   labels = [t.get_text() for t in fig.legends[0].get_texts()]
   assert labels[:4] == [
@@ -118,10 +118,10 @@ def test_weight_norm_panels(rd):
 def test_nothing_to_plot_yet(tmp_path):
   run_dir = make_run_dir(tmp_path / "s", steps=[0])
   with pytest.raises(UserError, match="step 0 only"):
-    plots.write_figures(run_dir)
+    plots.write_figures(rundir.load(run_dir))
   (run_dir / "metrics.msgpack").unlink()
   with pytest.raises(UserError, match="no metric records yet"):
-    plots.write_figures(run_dir)
+    plots.write_figures(rundir.load(run_dir))
 
 
 def test_plot_cli(tmp_path):

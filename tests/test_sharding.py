@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grokjax import checkpoint, logs, sweep
+from grokjax import logs, rundir, sweep
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent
@@ -26,8 +26,8 @@ SCRIPT = textwrap.dedent("""
     cfg = get_config()
     cfg.sweep.seeds, cfg.sweep.train_fracs = (0, 1, 2), (0.5,)  # 3 runs on 4 devices
     s = sweep.build(cfg)
-    table, runs = sweep.device_inputs(s)
-    init, chunk = sweep.sweep_fns(s)
+    table, (runs,) = sweep.device_inputs(s)
+    ((init, chunk),) = sweep.sweep_fns(s)
     states, _ = chunk(table, runs, init(table, runs), 3)
     leaf = jax.tree.leaves(states.params)[0]
     sweep.run_sweep(cfg, {workdir!r}, progress=False)
@@ -100,7 +100,7 @@ def test_two_processes_equal_one(tmp_path, tiny):
     for name in ("train_loss", "val_loss", "val_acc", "param_norm"):
       np.testing.assert_allclose(ra[name], rb[name], rtol=1e-4, atol=1e-6)
   # The checkpoint written by two processes loads in one.
-  loaded = checkpoint.load_run(tmp_path / "multi", 2)
+  loaded = rundir.load_run(tmp_path / "multi", 2)
   assert loaded.accuracy("train") == pytest.approx(b[-1]["train_acc"][2], abs=1e-6)
   # Resuming it on one device (3 runs, no padding) is refused, with nothing touched.
   before = (tmp_path / "multi" / "metrics.msgpack").read_bytes()

@@ -3,33 +3,34 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from grokjax import optim, sweep, train
+from grokjax import methods, optim, sweep, train
 
 
 def _setup(cfg):
+  """The sweep, its one program, and the table as a notebook passes it."""
   s = sweep.build(cfg)
-  table = train.Table(jnp.asarray(s.table.inputs), jnp.asarray(s.table.labels))
-  return s, s.model, table
+  assert len(s.programs) == 1
+  return s, s.programs[0], s.table
 
 
 def _subset(runs: train.Run, idx):
   return jax.tree.map(lambda x: x[np.asarray(idx)], runs)
 
 
-def _initial_run(s, table, k):
+def _initial_run(s, prog, table, k):
   """Run k of sweep s and its initial parameters."""
-  runs = sweep.run_arrays(s)
-  init, _ = sweep.sweep_fns(s)
+  runs = sweep.run_arrays(s, prog)
+  init, _ = sweep.sweep_fns(s)[0]
   return _subset(runs, k), jax.tree.map(lambda x: x[k], init(table, runs).params)
 
 
 def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
   # Different fractions (so different batch sizes), seeds and learning rates.
   cfg = tiny(**{"sweep.lr": (1e-3, 3e-3)})
-  s, model, table = _setup(cfg)
-  runs = sweep.run_arrays(s)
+  s, prog, table = _setup(cfg)
+  runs = sweep.run_arrays(s, prog)
   assert len(set(s.batch_sizes.tolist())) > 1
-  init, chunk = sweep.sweep_fns(s)
+  init, chunk = sweep.sweep_fns(s)[0]
   states, metrics = chunk(table, runs, init(table, runs), 25)
   for i in (0, 3, len(s.runs) - 1):
     alone = _subset(runs, [i])
@@ -42,13 +43,11 @@ def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
 
 def test_runs_in_groups_equal_runs_all_vmapped(tiny):
   # 4 runs in groups of 3 (lax.map over one group of 3, then the remainder of 1).
-  s, _, table = _setup(tiny(vmap_group=3))
-  runs = sweep.run_arrays(s)
-  assert sweep.vmap_group(s.cfg, s.batch) == 3
-  init, grouped = sweep.sweep_fns(s)
-  _, together = train.make_sweep_fns(
-    train.Static(s.model, s.cfg.optim, s.batch, s.cfg.eval_batch), None, None
-  )
+  s, prog, table = _setup(tiny(vmap_group=3))
+  runs = sweep.run_arrays(s, prog)
+  assert sweep.vmap_group(s.cfg, prog.static.batch) == 3
+  init, grouped = sweep.sweep_fns(s)[0]
+  _, together = train.make_sweep_fns(prog.static, None, None)
   a, metrics_a = grouped(table, runs, init(table, runs), 25)
   b, metrics_b = together(table, runs, init(table, runs), 25)
   for x, y in zip(jax.tree.leaves((a, metrics_a)), jax.tree.leaves((b, metrics_b)), strict=True):
@@ -57,9 +56,9 @@ def test_runs_in_groups_equal_runs_all_vmapped(tiny):
 
 def test_chunks_compose(tiny):
   # 10 + 15 steps equal 25 steps: a chunk's length changes nothing but the eval.
-  s, model, table = _setup(tiny())
-  runs = sweep.run_arrays(s)
-  init, chunk = sweep.sweep_fns(s)
+  s, prog, table = _setup(tiny())
+  runs = sweep.run_arrays(s, prog)
+  init, chunk = sweep.sweep_fns(s)[0]
   a, _ = chunk(table, runs, init(table, runs), 25)
   b, _ = chunk(table, runs, init(table, runs), 10)
   b, _ = chunk(table, runs, b, 15)
@@ -69,12 +68,12 @@ def test_chunks_compose(tiny):
 
 
 def test_batches_are_epochs_over_the_train_set(tiny):
-  s, _, _ = _setup(tiny())
-  run = _subset(sweep.run_arrays(s), 0)
+  s, prog, _ = _setup(tiny())
+  run = _subset(sweep.run_arrays(s, prog), 0)
   bs = int(run.batch_size)
   n_train = int(run.train_mask.sum())
   steps_per_epoch = n_train // bs
-  batch = s.batch + 3  # a static batch larger than this run's
+  batch = prog.static.batch + 3  # a static batch larger than this run's
   seen = []
   for step in range(steps_per_epoch):
     rows, weights = train.batch_indices(run, step, batch)
@@ -87,9 +86,10 @@ def test_batches_are_epochs_over_the_train_set(tiny):
 
 
 def test_evaluation_matches_a_direct_computation(tiny):
-  s, model, table = _setup(tiny())
-  run, params = _initial_run(s, table, 1)
-  m = train.evaluate(model, 16, table, run, params)  # 49 rows in blocks of 16: padded
+  s, prog, table = _setup(tiny())
+  model, static = prog.static.model, prog.static._replace(eval_batch=16)
+  run, params = _initial_run(s, prog, table, 1)
+  m = train.evaluate(static, table, run, params)  # 49 rows in blocks of 16: padded
   logits = model.apply({"params": params}, table.inputs)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, table.labels)
   mask = np.asarray(run.train_mask)
@@ -101,8 +101,9 @@ def test_evaluation_matches_a_direct_computation(tiny):
 
 
 def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
-  s, model, table = _setup(tiny())
-  run, params = _initial_run(s, table, 1)
+  s, prog, table = _setup(tiny())
+  model, static = prog.static.model, prog.static._replace(eval_batch=16)
+  run, params = _initial_run(s, prog, table, 1)
   mask = np.asarray(run.train_mask)
   labels = np.asarray(table.labels)
   # Scale the logits (the unembedding) so the train example the model is surest of
@@ -115,7 +116,7 @@ def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
   params["unembed"] = jax.tree.map(lambda w: scale * w, params["unembed"])
 
   with jax.enable_x64(True):
-    m = train.evaluate(model, 16, table, run, params, float64=True)
+    m = train.evaluate(static, table, run, params, float64=True)
   logits32 = model.apply({"params": params}, table.inputs)
   loss32 = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits32, labels))
   with jax.enable_x64(True):
@@ -133,28 +134,32 @@ def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
   np.testing.assert_allclose(m["val_loss"], loss64[~mask].mean(), rtol=1e-9)
   np.testing.assert_allclose(m["train_collapse"], collapsed[mask].mean(), rtol=1e-9)
   np.testing.assert_allclose(m["val_collapse"], collapsed[~mask].mean(), rtol=1e-9)
-  assert "train_collapse" not in train.evaluate(model, 16, table, run, params)
+  assert "train_collapse" not in train.evaluate(static, table, run, params)
+
+
+def _adamw(cfg, lr, weight_decay):
+  o = cfg.optim
+  return methods.adamw([], lr, weight_decay, o.b1, o.b2, o.warmup_steps, o.decoupled, False)
 
 
 def test_warmup_and_per_run_hyperparameters(tiny):
-  cfg = tiny().optim
   np.testing.assert_allclose([optim.warmup(10)(t) for t in (0, 4, 9, 50)], [0.1, 0.5, 1, 1])
   params = {"w": jnp.ones(3)}
   grads = {"w": jnp.zeros(3)}  # only weight decay moves the weights
-  off = dict.fromkeys(optim.INJECTED, 0.0)
-  tx = optim.make_optimizer(cfg, dict(off, lr=0.5, weight_decay=0.1))
-  state = tx.init(params)
-  updates, _ = optim.make_optimizer(cfg, off).update(grads, state, params)
+  tx = _adamw(tiny(), 0.5, 0.1)
+  updates, _ = tx.update(grads, tx.init(params), params)
   # first update: warmup 1/10 of lr 0.5 times wd 0.1 times w = 1
   np.testing.assert_allclose(updates["w"], -0.5 * 0.1 * 0.1 * np.ones(3), rtol=1e-6)
+  # the values are per run: vmapped over two runs' (lr, weight decay)
+  lrs, wds = jnp.array([0.5, 0.2]), jnp.array([0.1, 0.0])
+  both = jax.vmap(lambda lr, wd: _adamw(tiny(), lr, wd).update(grads, tx.init(params), params)[0])
+  np.testing.assert_allclose(both(lrs, wds)["w"][:, 0], [-0.5 * 0.1 * 0.1, 0.0], rtol=1e-6)
 
 
 def test_adam_with_l2_decays_through_adam(tiny):
   # decoupled=False (torch.optim.Adam's weight_decay): wd * w joins the gradient, and
   # Adam normalises it, so the first step is ~lr regardless of how small wd * w is.
-  cfg = tiny(**{"optim.decoupled": False}).optim
-  off = dict.fromkeys(optim.INJECTED, 0.0)
-  tx = optim.make_optimizer(cfg, dict(off, lr=0.5, weight_decay=0.1))
+  tx = _adamw(tiny(**{"optim.decoupled": False}), 0.5, 0.1)
   params = {"w": jnp.ones(3)}
   updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
   np.testing.assert_allclose(updates["w"], -0.5 * 0.1 * np.ones(3), rtol=1e-4)  # warmup 1/10

@@ -1,0 +1,129 @@
+"""The built-in optimizer, methods and losses, each declared once (grokjax.registry).
+
+- ``adamw``: the paper's AdamW with linear warmup; ``optim.decoupled=False`` is Adam
+  with an L2 term (torch.optim.Adam's weight_decay, which Grokfast uses);
+  ``method.decay_to_init`` decays towards the initial weights (openai/grok's to_init);
+- ``init_scale``: the initial parameters times alpha (Omnigrok);
+- ``orthograd``: ⊥Grad (Prieto et al. 2025);
+- ``grokfast_ema`` / ``grokfast_ma``: Grokfast's gradient filters (Lee et al. 2024);
+- ``norm_target``: the weights rescaled to a fixed L2 norm after each update (Omnigrok);
+- losses ``softmax`` and ``stablemax`` (Prieto et al. 2025).
+
+A user's own method is declared the same way, in their own file: see docs/extending.md.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from grokjax import losses, optim
+from grokjax.registry import Key, Loss, Method, Optimizer, register
+
+positive, non_negative = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
+
+
+def adamw(filters, lr, weight_decay, b1, b2, warmup_steps, decoupled, decay_to_init):
+  """The filters, then Adam scaling and decoupled weight decay (AdamW) or, not
+  ``decoupled``, an L2 term and then Adam scaling; times -lr and the warmup."""
+  decay = optim.decayed_weights(weight_decay, decay_to_init)
+  adam = optax.scale_by_adam(b1, b2)
+  parts = [*filters, *([adam, decay] if decoupled else [decay, adam]), optax.scale(-lr)]
+  return optax.chain(optax.chain(*parts), optax.scale_by_schedule(optim.warmup(warmup_steps)))
+
+
+register(
+  Optimizer(
+    "adamw",
+    (
+      Key("optim.lr", 1e-3, "learning rate", *positive, per_run=True),
+      Key("optim.weight_decay", 1.0, "weight decay", *non_negative, per_run=True),
+      Key("optim.b1", 0.9, "Adam beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+      Key("optim.b2", 0.98, "Adam beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+      Key("optim.warmup_steps", 10, "linear warmup over this many updates", *non_negative),
+      Key("optim.decoupled", True, "AdamW; False: Adam with L2 (torch.optim.Adam)"),
+      Key("method.decay_to_init", False, "decay towards the initial weights, not zero"),
+    ),
+    adamw,
+    "AdamW (Loshchilov & Hutter), the paper's optimizer, with linear warmup",
+  )
+)
+
+register(
+  Method(
+    "init_scale",
+    (Key("method.init_scale", 1.0, "initial parameters times this (Omnigrok)", *positive, True),),
+    init=lambda params, init_scale: jax.tree.map(lambda p: p * init_scale, params),
+    help="Omnigrok's initialisation scale alpha",
+  )
+)
+
+register(
+  Method(
+    "orthograd",
+    (Key("method.orthograd", False, "⊥Grad: drop the gradient along the weights", per_run=True),),
+    gradient=lambda orthograd: optim.orthogonal_grad(orthograd),
+    # In every program: free at orthograd=0, and leaving it out changes XLA's fusion of
+    # the gradients and so the last bits of every run (grokjax keeps them as they were).
+    help="⊥Grad (Prieto et al. 2025)",
+  )
+)
+
+register(
+  Method(
+    "grokfast_ema",
+    (
+      Key(
+        "method.grokfast_alpha",
+        0.98,
+        "Grokfast-EMA decay",
+        lambda v: 0 <= v < 1,
+        "in [0, 1)",
+        per_run=True,
+      ),
+      Key("method.grokfast_lamb", 0.0, "Grokfast-EMA strength (0: off)", *non_negative, True),
+    ),
+    gradient=lambda grokfast_alpha, grokfast_lamb: optim.grokfast_ema(
+      grokfast_alpha, grokfast_lamb
+    ),
+    active=lambda v: v["grokfast_lamb"] > 0,
+    help="Grokfast-EMA: g + lamb * EMA_alpha(g) (Lee et al. 2024)",
+  )
+)
+
+register(
+  Method(
+    "grokfast_ma",
+    (
+      Key("method.grokfast_window", 100, "Grokfast-MA window (gradients kept)", *positive),
+      Key("method.grokfast_ma_lamb", 0.0, "Grokfast-MA strength (0: off)", *non_negative, True),
+    ),
+    gradient=lambda grokfast_window, grokfast_ma_lamb, step: optim.grokfast_ma(
+      grokfast_window, grokfast_ma_lamb, step
+    ),
+    active=lambda v: v["grokfast_ma_lamb"] > 0,
+    separate=True,  # a window of gradients per run: only its runs carry it
+    uses_step=True,
+    help="Grokfast-MA: g + lamb * mean of the last window gradients (Lee et al. 2024)",
+  )
+)
+
+
+def _project_norm(params, norm_target):
+  scale = jnp.where(norm_target > 0, norm_target / optax.tree.norm(params), 1.0)
+  return jax.tree.map(lambda p: p * scale, params)
+
+
+register(
+  Method(
+    "norm_target",
+    (Key("method.norm_target", 0.0, "> 0: weights rescaled to this L2 norm", *non_negative, True),),
+    after_update=_project_norm,
+    active=lambda v: v["norm_target"] > 0,
+    help="fixed weight norm after each update (Omnigrok)",
+  )
+)
+
+register(Loss("softmax", optax.softmax_cross_entropy_with_integer_labels, "cross-entropy"))
+register(Loss("stablemax", losses.stablemax_cross_entropy, "StableMax (Prieto et al. 2025)"))

@@ -1,0 +1,28 @@
+"""Writes tests/golden/shipped.json: the metric log of every shipped config, shrunk
+to a few steps, as the training code of the commit it runs on computes it.
+
+  python tests/golden/make_golden.py        # once, on the commit before a refactor
+
+test_golden.py compares today's numbers with it (bit for bit on the same jax).
+"""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import jax  # noqa: E402
+import jaxlib  # noqa: E402
+from shipped import CASES, metrics  # noqa: E402
+
+out = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "cases": {}}
+for case in CASES:
+  with tempfile.TemporaryDirectory() as tmp:
+    out["cases"][case] = metrics(case, tmp)
+    print(case, len(out["cases"][case]), "records", flush=True)
+(HERE / "shipped.json").write_text(json.dumps(out))

@@ -1,0 +1,38 @@
+"""Every shipped config, shrunk to a few steps: the cases of the golden-metrics test."""
+
+import runpy
+from pathlib import Path
+
+import msgpack
+
+from grokjax import sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+# "file[:arg]" -> steps. Variants run past Grokfast-MA's window (100), so its filter acts.
+CASES = {
+  "div.py": 6,
+  "ops.py:s5": 4,
+  "quick.py": 40,
+  "interp.py": 40,
+  "interp.py:paper": 4,
+  "variants.py": 105,
+  "variants.py:grokfast": 105,
+  "variants.py:mul97": 4,
+}
+
+
+def config(case: str):
+  name, _, arg = case.partition(":")
+  get = runpy.run_path(str(ROOT / "configs" / name))["get_config"]
+  cfg = get(arg) if arg else get()
+  cfg.steps = CASES[case]
+  cfg.eval_every = max(1, cfg.steps // 2)
+  cfg.interp = False
+  return cfg
+
+
+def metrics(case: str, workdir) -> list[dict]:
+  """The metric records of ``case`` trained into ``workdir``."""
+  sweep.run_sweep(config(case), Path(workdir) / "run", progress=False)
+  with open(Path(workdir) / "run" / "metrics.msgpack", "rb") as f:
+    return list(msgpack.Unpacker(f, raw=False))
