@@ -6,12 +6,19 @@
   python experiments/bench.py --checkpoint_k=32    # Orbax save time and size per run
   python experiments/bench.py --precision_check    # the quick demo's grokking step per precision
 
-Prints one row per (setup, K) and writes the rows as JSON (--out).
+Each (setup, K) is measured in a child process of its own (fresh device memory, a fresh
+compile cache) under a time limit (--k_timeout_s): a K that runs past it gives a row saying
+"timed out after N s" and the bench moves on. Every row is printed as soon as it is measured
+and the rows so far are rewritten to the JSON file (--out) after each one.
 """
 
+import importlib.util
 import json
+import os
 import platform
 import runpy
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +26,7 @@ from pathlib import Path
 import jax
 from absl import flags
 
-from grokjax import checkpoint, cli, sweep
+from grokjax import checkpoint, cli, report, sweep
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +34,9 @@ SETUPS = {"quick": "configs/quick.py", "paper": "configs/div.py"}
 # Dense peak FLOP/s of the matmul precision JAX uses by default for float32.
 PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": 494.7, "NVIDIA H200": 494.7}  # TF32
 
-_SETUPS = flags.DEFINE_list("setups", ["quick", "paper"], "Configs to time: quick, paper.")
+_SETUPS = flags.DEFINE_list(
+  "setups", ["quick", "paper"], "Configs to time: quick, paper, or config files (.py)."
+)
 _KS = flags.DEFINE_list(
   "ks", None, "Runs per program (default: 1,8,32,128,256,512 on an accelerator, 1,8,32 on CPU)."
 )
@@ -46,15 +55,41 @@ _PRECISION_CHECK = flags.DEFINE_bool(
   "Only train the quick demo (3 seeds) at each matmul precision and print its steps to 99% "
   "train and val accuracy: does the grokking step move with TF32?",
 )
-_QUICK = flags.DEFINE_bool("quick", False, "Tiny settings for a smoke test (seconds).")
-_OUT = flags.DEFINE_string("out", "bench.json", "Where to write the rows as JSON.")
+_QUICK = flags.DEFINE_bool(
+  "quick",
+  False,
+  "Tiny settings for a smoke test: 20 steps, eval every 10, K = 1,2 of the quick setup "
+  "(--setups and --ks still apply when given); with --precision_check, 40 steps.",
+)
+_OUT = flags.DEFINE_string("out", "bench.json", "Where to write the rows as JSON (after each row).")
+_K_TIMEOUT_S = flags.DEFINE_float(
+  "k_timeout_s",
+  120.0,
+  "Time limit of one (setup, K) measurement, child start, compile and steps together; one "
+  "past it is recorded as 'timed out' and the bench goes on with the next K.",
+)
+# Internal: the parent runs each measurement as `bench.py --_measure=SPEC` in a child process.
+_MEASURE = flags.DEFINE_string("_measure", None, "(internal) Measure one row, print it as JSON.")
+_PROBE = flags.DEFINE_bool("_probe", False, "(internal) Print the device as JSON.")
+_STALL_KS = flags.DEFINE_list(
+  "_stall_ks", [], "(for tests) Ks whose measurement hangs, to exercise --k_timeout_s."
+)
+
+MARK = "@@bench "  # prefix of the child's JSON lines on its stdout
 
 
 def load_setup(name: str):
-  """The config of a setup, as its file defines it."""
-  if name not in SETUPS:
-    raise UserError(f"unknown setup {name!r}; choose from {', '.join(SETUPS)}")
-  return runpy.run_path(str(ROOT / SETUPS[name]))["get_config"]()
+  """The config of a setup (quick, paper, or the path of a config file), as its file
+  defines it."""
+  if name in SETUPS:
+    path = ROOT / SETUPS[name]
+  elif name.endswith(".py") and Path(name).is_file():
+    path = Path(name)
+  else:
+    raise UserError(
+      f"unknown setup {name!r}; choose from {', '.join(SETUPS)} or give a config file (.py)"
+    )
+  return runpy.run_path(str(path))["get_config"]()
 
 
 def setup_config(name: str, k: int, eval_every: int):
@@ -67,20 +102,21 @@ def setup_config(name: str, k: int, eval_every: int):
 
 def flops_per_run_step(s: sweep.Sweep) -> float:
   """6 x parameters x tokens of a batch: the usual training-FLOP estimate."""
-  params = s.model.init(jax.random.key(0), s.table.inputs[:1])["params"]
+  params = s.model(0).init(jax.random.key(0), s.table.inputs[:1])["params"]
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  return 6.0 * n_params * s.batch * s.table.inputs.shape[1]
+  return 6.0 * n_params * s.programs[0].static.batch * s.table.inputs.shape[1]
 
 
-def bench_grokjax(cfg, steps: int) -> dict:
+def bench_grokjax(cfg, steps: int, emit=lambda **kw: None) -> dict:
   s = sweep.build(cfg)
   k = len(s.runs)
-  table, runs = sweep.device_inputs(s)
-  init, chunk = sweep.sweep_fns(s)
+  table, (runs,) = sweep.device_inputs(s)  # one program: the runs differ in seeds only
+  ((init, chunk),) = sweep.sweep_fns(s)
   states = init(table, runs)
   start = time.perf_counter()
   compiled = chunk.lower(table, runs, states, cfg.eval_every).compile()
   compile_s = time.perf_counter() - start
+  emit(compile_s=compile_s)  # known even if the steps then run past the time limit
   mem = compiled.memory_analysis()
   states, metrics = chunk(table, runs, states, cfg.eval_every)  # warm-up
   jax.device_get(metrics)
@@ -94,7 +130,7 @@ def bench_grokjax(cfg, steps: int) -> dict:
   row = dict(
     framework="grokjax",
     k=k,
-    vmap_group=min(sweep.vmap_group(cfg, s.batch) or k, k),
+    vmap_group=min(sweep.vmap_group(cfg, s.programs[0].static.batch) or k, k),
     run_steps_per_s=rate,
     compile_s=compile_s,
     program_mib_per_run=(mem.argument_size_in_bytes + mem.temp_size_in_bytes) / k / 2**20
@@ -126,8 +162,8 @@ def bench_torch(cfg, steps: int) -> dict | None:
 def bench_checkpoint(k: int) -> None:
   """Save time and on-disk size per run of the batched state of k paper-model runs."""
   s = sweep.build(setup_config("paper", k, 100))
-  table, runs = sweep.device_inputs(s)
-  init, chunk = sweep.sweep_fns(s)
+  table, (runs,) = sweep.device_inputs(s)  # one program: the runs differ in seeds only
+  ((init, chunk),) = sweep.sweep_fns(s)
   states, _ = chunk(table, runs, init(table, runs), 10)  # Adam moments are zero at init
   jax.block_until_ready(states)
   with tempfile.TemporaryDirectory() as tmp:
@@ -150,14 +186,21 @@ def bench_checkpoint(k: int) -> None:
 def precision_check() -> None:
   """Steps to 99% of the quick demo under each float32 matmul precision (on CPU all
   three are the same float32 math; on NVIDIA GPUs "default" is TF32)."""
-  print(f"# {jax.local_devices()[0].device_kind}: configs/quick.py, 3 seeds")
+  steps = 40 if _QUICK.value else None
+  print(
+    f"# {jax.local_devices()[0].device_kind}: configs/quick.py, 3 seeds"
+    + (f", {steps} steps (--quick)" if steps else "")
+  )
   for precision in ("default", "high", "highest"):
     cfg = load_setup("quick")
     cfg.matmul_precision = precision
+    if steps:
+      cfg.steps, cfg.eval_points, cfg.checkpoint_every = steps, 10, steps
     with tempfile.TemporaryDirectory() as tmp:
       start = time.perf_counter()
       workdir = sweep.run_sweep(cfg, Path(tmp) / "quick", progress=False)
       elapsed = time.perf_counter() - start
+      report.report(workdir)
       summary = json.loads((workdir / "summary.json").read_text())
     train, val = ([r[key] for r in summary] for key in ("train_step", "val_step"))
     final = [round(r["final_val_acc"], 3) for r in summary]
@@ -174,54 +217,170 @@ def _cell(row: dict, key: str, spec: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
+  sys.stdout.reconfigure(line_buffering=True)  # every line as it comes, also into a pipe
+  if _PROBE.value:
+    return _probe()
+  if _MEASURE.value:
+    return _measure(json.loads(_MEASURE.value))
   if _CHECKPOINT_K.value > 0:
     return bench_checkpoint(_CHECKPOINT_K.value)
   if _PRECISION_CHECK.value:
     return precision_check()
-  accelerator = jax.default_backend() != "cpu"
+  device = _run_child(["--_probe"], _K_TIMEOUT_S.value)
+  if "error" in device:
+    print(f"# device probe {device['error']}", flush=True)
+  accelerator = device.get("backend", "cpu") != "cpu"
   ks = (
     [int(k) for k in _KS.value]
     if _KS.value
     else ([1, 8, 32, 128, 256, 512] if accelerator else [1, 8, 32])
   )
   setups, steps, eval_every = _SETUPS.value, _STEPS.value, _EVAL_EVERY.value
-  if _QUICK.value:
-    setups, ks, steps, eval_every = ["quick"], [1, 2], 20, 10
-  device = jax.local_devices()[0]
+  if _QUICK.value:  # tiny settings; --setups and --ks given on the command line still apply
+    steps, eval_every = 20, 10
+    setups = setups if flags.FLAGS["setups"].present else ["quick"]
+    ks = ks if flags.FLAGS["ks"].present else [1, 2]
+  for name in setups:
+    load_setup(name)  # an unknown setup fails before anything is measured
+  limit = _K_TIMEOUT_S.value
   print(
-    f"# {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-    f"jax {jax.__version__}, {platform.processor() or platform.machine()}"
+    f"# {device.get('kind', '?')} x{device.get('count', '?')} ({device.get('backend', '?')}), "
+    f"jax {jax.__version__}, {platform.processor() or platform.machine()}; "
+    f"{steps} steps per K, at most {limit:g} s per K; rows go to {_OUT.value}"
   )
   print(
     f"{'setup':>6} {'framework':>9} {'K':>4} {'run-steps/s':>12} {'vs torch':>8} "
-    f"{'compile s':>9} {'MiB/run':>8} {'TFLOP/s':>8} {'vmap group':>10}"
+    f"{'compile s':>9} {'MiB/run':>8} {'TFLOP/s':>8} {'vmap group':>10}",
+    flush=True,
   )
+  out = Path(_OUT.value)
   rows = []
+  _write_rows(out, rows)
   for name in setups:
-    base = bench_torch(setup_config(name, 1, eval_every), steps) if _TORCH.value else None
-    for row in ([base] if base else []) + [
-      bench_grokjax(setup_config(name, k, eval_every), steps) for k in ks
-    ]:
+    jobs = [("grokjax", k) for k in ks]
+    if _TORCH.value and importlib.util.find_spec("torch") is not None:
+      jobs.insert(0, ("pytorch", 1))
+    base = None
+    for framework, k in jobs:
+      spec = dict(
+        setup=name,
+        framework=framework,
+        k=k,
+        steps=steps,
+        eval_every=eval_every,
+        stall=framework == "grokjax" and str(k) in _STALL_KS.value,
+      )
+      row = _run_child([f"--_measure={json.dumps(spec)}", f"--precision={_PRECISION.value}"], limit)
+      if row is None:  # torch did not import in the child after all
+        continue
+      row = {"framework": framework, "k": k, **row}
       row.update(
         setup=name,
-        device=device.device_kind,
+        device=device.get("kind"),
         steps=steps,
         eval_every=eval_every,
         precision=_PRECISION.value,
       )
-      if base:
+      if framework == "pytorch" and "error" not in row:
+        base = row
+      if base and "error" not in row:
         row["vs_torch"] = row["run_steps_per_s"] / base["run_steps_per_s"]
       rows.append(row)
-      mem = row.get("peak_mib_per_run", row.get("program_mib_per_run"))
-      print(
-        f"{name:>6} {row['framework']:>9} {row['k']:>4} {row['run_steps_per_s']:>12.1f} "
-        f"{_cell(row, 'vs_torch', '.2f'):>8} {_cell(row, 'compile_s', '.1f'):>9} "
-        f"{format(mem, '.1f') if mem is not None else '-':>8} {_cell(row, 'tflops', '.3f'):>8} "
-        f"{_cell(row, 'vmap_group', 'd'):>10}",
-        flush=True,
-      )
-  Path(_OUT.value).write_text(json.dumps(rows, indent=2))
-  print(f"wrote {_OUT.value}")
+      _write_rows(out, rows)
+      _print_row(row)
+  bad = sum("error" in r for r in rows)
+  print(
+    f"wrote {_OUT.value}" + (f" ({bad} of {len(rows)} rows timed out or failed)" if bad else "")
+  )
+
+
+def _print_row(row: dict) -> None:
+  head = f"{row['setup']:>6} {row['framework']:>9} {row['k']:>4}"
+  if "error" in row:
+    compiled = f" (compiled in {row['compile_s']:.1f} s)" if row.get("compile_s") else ""
+    print(f"{head} {row['error']}{compiled}", flush=True)
+    return
+  mem = row.get("peak_mib_per_run", row.get("program_mib_per_run"))
+  print(
+    f"{head} {row['run_steps_per_s']:>12.1f} "
+    f"{_cell(row, 'vs_torch', '.2f'):>8} {_cell(row, 'compile_s', '.1f'):>9} "
+    f"{format(mem, '.1f') if mem is not None else '-':>8} {_cell(row, 'tflops', '.3f'):>8} "
+    f"{_cell(row, 'vmap_group', 'd'):>10}",
+    flush=True,
+  )
+
+
+def _write_rows(path: Path, rows: list) -> None:
+  """The rows so far, replacing the file in one step (a reader never sees half a file)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(json.dumps(rows, indent=2))
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _run_child(args: list[str], limit: float) -> dict | None:
+  """This script with ``args`` in a child process, stopped after ``limit`` seconds: the
+  merged JSON objects it printed (lines starting with MARK), or {"error": ...} when it
+  ran past the limit or failed. The child's stderr passes through (its warnings, a
+  traceback). The child stays in this process group, so a `timeout` around the bench
+  stops it too."""
+  proc = subprocess.Popen(
+    [sys.executable, str(Path(__file__).resolve()), *args],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  error = None
+  try:
+    stdout, _ = proc.communicate(timeout=limit)
+  except subprocess.TimeoutExpired:
+    proc.kill()  # this one child, by its id
+    stdout, _ = proc.communicate()
+    error = f"timed out after {limit:g} s"
+  except BaseException:  # Ctrl-C, SIGTERM: take the child along
+    proc.kill()
+    proc.wait()
+    raise
+  result, null = {}, False
+  for line in stdout.splitlines():
+    if line.startswith(MARK):
+      part = json.loads(line[len(MARK) :])
+      if part is None:
+        null = True
+      else:
+        result.update(part)
+  if error is None and proc.returncode != 0:
+    error = result.pop("error", None) or f"failed (exit status {proc.returncode})"
+  if error is not None:
+    return {**result, "error": error}
+  return None if null else result
+
+
+def _emit(obj) -> None:
+  print(MARK + json.dumps(obj), flush=True)
+
+
+def _probe() -> None:
+  device = jax.local_devices()[0]
+  _emit(dict(kind=device.device_kind, count=jax.device_count(), backend=jax.default_backend()))
+
+
+def _measure(spec: dict) -> None:
+  """One row, measured in this (child) process: printed as MARK + JSON lines."""
+  if spec.get("stall"):
+    time.sleep(1e6)  # a hang, for the tests of --k_timeout_s
+  cfg = setup_config(spec["setup"], spec["k"], spec["eval_every"])
+  try:
+    if spec["framework"] == "pytorch":
+      row = bench_torch(cfg, spec["steps"])
+    else:
+      row = bench_grokjax(cfg, spec["steps"], emit=lambda **kw: _emit(kw))
+  except Exception as e:  # a row saying what failed; the traceback goes to stderr
+    _emit({"error": f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+    raise
+  _emit(row)
 
 
 if __name__ == "__main__":

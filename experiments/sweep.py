@@ -14,8 +14,15 @@ from absl import flags
 from ml_collections import config_flags
 
 from grokjax import cli, report, sweep
+from grokjax import config as config_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file, e.g. configs/div.py.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Sweep config file, e.g. configs/div.py; override any key with --config.<key>=value, and "
+  "sweep a [per-run] or [static] key with --config.sweep.<name>=v1,v2 (per-run values share "
+  "one compiled program, static ones get a program each). Keys:\n" + config_lib.help_text(),
+)
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory (default runs/<name>-<timestamp>); an existing one is resumed."
 )

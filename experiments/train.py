@@ -30,7 +30,7 @@ from pathlib import Path
 
 from absl import flags
 
-from grokjax import analysis, cli, data, integrations, report, rundir, sweep
+from grokjax import analysis, cli, data, integrations, registry, report, rundir, sweep
 from grokjax import config as config_lib
 from grokjax.errors import UserError
 
@@ -56,8 +56,9 @@ _TRAIN_FRAC = flags.DEFINE_float(
 _MODEL = flags.DEFINE_string(
   "model",
   D.model.name,
-  "Model: transformer (decoder-only, 2 layers, width 128, 4 heads, as in the paper) or mlp "
-  "(one-hot inputs, 2 hidden ReLU layers of width 128); others are refused.",
+  "Model: "
+  + "; ".join(f"{name} ({m.help})" for name, m in registry.MODELS.items())
+  + ". Paper defaults: 2 layers, width 128, 4 heads.",
 )
 _LR = flags.DEFINE_float("lr", D.optim.lr, "AdamW learning rate, > 0.")
 _LEARNING_RATE = flags.DEFINE_float(

@@ -285,15 +285,28 @@ def to_json(cfg: ml_collections.ConfigDict) -> str:
   return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
 
 
-def table_markdown() -> str:
-  """The config keys as a markdown table: key, default, per-run or static, meaning."""
-  lines = ["| key | default | kind | meaning |", "|---|---|---|---|"]
+def _rows() -> list[tuple[str, str, str, str]]:
+  """(key, default, kind, meaning) of every config key, from the declarations."""
   run = {k.path for k in run_keys()}
+  rows = []
   for key in all_keys():
-    kind = "per-run" if key.per_run else ("static" if key.path in run else "sweep")
-    rule = f" ({key.rule})" if key.rule else ""
-    lines.append(f"| `{key.path}` | `{key.default!r}` | {kind} | {key.help}{rule} |")
+    kind = "per-run" if key.per_run else ("static" if key.path in run else "sweep-wide")
+    options = key.options()
+    rule = f" ({key.rule})" if key.rule else (f" ({', '.join(options)})" if options else "")
+    rows.append((key.path, repr(key.default), kind, key.help + rule))
+  return rows
+
+
+def table_markdown() -> str:
+  """The config keys as a markdown table: key, default, kind, meaning."""
+  lines = ["| key | default | kind | meaning |", "|---|---|---|---|"]
+  lines += [f"| `{k}` | `{d}` | {kind} | {m} |" for k, d, kind, m in _rows()]
   return "\n".join(lines)
+
+
+def help_text() -> str:
+  """The config keys for --help: per-run and static keys are also sweep lists."""
+  return "\n".join(f"  {k}={d} [{kind}] {m}" for k, d, kind, m in _rows())
 
 
 if __name__ == "__main__":  # python -m grokjax.config: the table for docs/configs.md

@@ -10,6 +10,11 @@
 - losses ``softmax`` and ``stablemax`` (Prieto et al. 2025).
 
 A user's own method is declared the same way, in their own file: see docs/extending.md.
+
+``orthograd``, ``grokfast_ema`` and ``norm_target`` declare no ``active`` rule, so they
+are in every program, as they were before the registry: each is the identity at its
+off value, and leaving one out where no run uses it changes how XLA fuses the update,
+and with it the last bits of every run's numbers (tests/test_golden.py holds them).
 """
 
 from __future__ import annotations
@@ -64,8 +69,6 @@ register(
     "orthograd",
     (Key("method.orthograd", False, "⊥Grad: drop the gradient along the weights", per_run=True),),
     gradient=lambda orthograd: optim.orthogonal_grad(orthograd),
-    # In every program: free at orthograd=0, and leaving it out changes XLA's fusion of
-    # the gradients and so the last bits of every run (grokjax keeps them as they were).
     help="⊥Grad (Prieto et al. 2025)",
   )
 )
@@ -87,7 +90,6 @@ register(
     gradient=lambda grokfast_alpha, grokfast_lamb: optim.grokfast_ema(
       grokfast_alpha, grokfast_lamb
     ),
-    active=lambda v: v["grokfast_lamb"] > 0,
     help="Grokfast-EMA: g + lamb * EMA_alpha(g) (Lee et al. 2024)",
   )
 )
@@ -120,7 +122,6 @@ register(
     "norm_target",
     (Key("method.norm_target", 0.0, "> 0: weights rescaled to this L2 norm", *non_negative, True),),
     after_update=_project_norm,
-    active=lambda v: v["norm_target"] > 0,
     help="fixed weight norm after each update (Omnigrok)",
   )
 )

@@ -172,7 +172,12 @@ def curves(rd: RunDir, threshold: float | None = None):
     acc.axhline(100 * threshold, color="0.4", ls=":", lw=0.8)
     acc.set_title(title, fontsize=10)
     acc.set_ylim(-2, 102)
-    loss.set_yscale("log")
+    losses = np.stack([m["train_loss"][:, idx], m["val_loss"][:, idx]])
+    if not np.isfinite(losses[:, -1]).any():  # every run of the panel diverged
+      for ax in (acc, loss):
+        ax.text(0.5, 0.5, "diverged", transform=ax.transAxes, ha="center", color="0.3")
+    if ((np.asarray(m["train_loss"]) > 0) & np.isfinite(m["train_loss"])).any():
+      loss.set_yscale("log")  # shared by the row; a log axis needs a finite loss somewhere
     loss.set_xlabel("optimisation steps")
     acc.set_xscale("log")
     for ax in (acc, loss):

@@ -8,8 +8,12 @@ every run's train mask), metrics.msgpack, checkpoints/.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
+import logging
+import os
 import time
 from pathlib import Path
 
@@ -20,11 +24,12 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from grokjax import checkpoint, data, integrations, logs, registry, train
+from grokjax import checkpoint, data, integrations, lock, logs, registry, train
 from grokjax import config as config_lib
-from grokjax.errors import UserError
+from grokjax.errors import Interrupted, UserError
 from grokjax.model import make_model
 
+log = logging.getLogger(__name__)
 # Config keys a --reconfigure may change in an existing workdir: they change how far
 # and how often, never what a run is.
 RECONFIGURABLE = {
@@ -225,28 +230,56 @@ def default_workdir(cfg) -> Path:
   return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _prepare_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
-  """Writes config.json, runs.json and splits.npz, or checks an existing sweep's."""
-  new = json.loads(config_lib.to_json(sweep.cfg))
+def _check_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
+  """Refuses, before anything is written, a workdir that cannot hold this sweep: a
+  file, one without write permission, one holding something else or another sweep,
+  or a --reconfigure that would take a sweep back below the steps it has trained."""
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"--workdir {workdir} is a file; give a directory (new or of this sweep)")
+  existing = next((p for p in [workdir, *workdir.parents] if p.exists()), Path("."))
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f"cannot write in {existing}: permission denied; choose another --workdir")
+  if len(workdir.absolute().name.encode()) > 255:
+    raise UserError(f"--workdir name is {len(workdir.name)} characters; the limit is 255")
   config_path = workdir / "config.json"
-  if config_path.exists():
-    old = json.loads(config_path.read_text())
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if changed and not (reconfigure and set(changed) <= RECONFIGURABLE):
-      hint = (
-        "only " + ", ".join(sorted(RECONFIGURABLE)) + " may change"
-        if reconfigure
-        else "pass --reconfigure to continue it with new steps/eval settings"
-      )
+  if not config_path.exists():
+    if workdir.exists() and any(p.name != lock.NAME for p in workdir.iterdir()):
       raise UserError(
-        f"workdir {workdir} holds a different sweep (changed: {', '.join(changed)}); "
-        f"use another --workdir, or {hint}"
+        f"workdir {workdir} is not empty and holds no grokjax sweep; choose a new or empty "
+        "--workdir"
       )
-  elif workdir.exists() and any(workdir.iterdir()):
+    return
+  try:
+    saved = config_lib.from_saved(json.loads(config_path.read_text()))
+    old = json.loads(config_lib.to_json(config_lib.validate(saved)))
+  except (json.JSONDecodeError, UnicodeDecodeError, UserError, TypeError, ValueError) as e:
     raise UserError(
-      f"workdir {workdir} is not empty and holds no grokjax sweep; choose a new or empty --workdir"
+      f"{config_path} is damaged ({str(e).splitlines()[0]}); restore it or choose another --workdir"
+    ) from None
+  new = json.loads(config_lib.to_json(sweep.cfg))
+  changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  if changed and not (reconfigure and set(changed) <= RECONFIGURABLE):
+    hint = (
+      "only " + ", ".join(sorted(RECONFIGURABLE)) + " may change"
+      if reconfigure
+      else "pass --reconfigure to continue it with new steps/eval settings"
     )
-  workdir.mkdir(parents=True, exist_ok=True)
+    raise UserError(
+      f"workdir {workdir} holds a different sweep (changed: {', '.join(changed)}); "
+      f"use another --workdir, or {hint}"
+    )
+  trained = max(
+    (int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()), default=0
+  )
+  if sweep.cfg.steps < trained:
+    raise UserError(
+      f"steps={sweep.cfg.steps} is below the {trained} steps this sweep has trained; "
+      f"give --config.steps={trained} or more"
+    )
+
+
+def _write_workdir(workdir: Path, sweep: Sweep) -> None:
+  """config.json, runs.json and splits.npz (kept if there: the same splits)."""
   if not (workdir / "splits.npz").exists():
     np.savez_compressed(
       workdir / "splits.npz",
@@ -256,7 +289,7 @@ def _prepare_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
       val_masks=sweep.val_masks,
     )
   logs.write_json_atomic(workdir / "runs.json", sweep.runs)
-  logs.write_json_atomic(config_path, config_lib.to_json(sweep.cfg))
+  logs.write_json_atomic(workdir / "config.json", config_lib.to_json(sweep.cfg))
 
 
 def _record(step: int, metrics: list[dict], sweep: Sweep) -> dict:
@@ -277,11 +310,50 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = True) -> Path:
+def _restore_newest(sweep: Sweep, mngr, fns, table, runs, workdir: Path):
+  """(states, meta) of the newest checkpoint that restores, or None without one. A
+  damaged newer one is moved aside to RUN_DIR/damaged/ and named in one line."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  failed = []
+  for step in steps:
+    try:
+      restored = restore(sweep, mngr, fns, table, runs, step)
+    except Exception as e:  # Orbax raises many kinds for missing or truncated files
+      failed.append((step, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+      continue
+    for bad, reason in failed:
+      log.warning(
+        "checkpoint at step %d does not restore (%s); moved to %s, resuming from step %d",
+        bad,
+        reason,
+        workdir / "damaged",
+        step,
+      )
+      (workdir / "damaged").mkdir(exist_ok=True)
+      os.replace(workdir / "checkpoints" / str(bad), workdir / "damaged" / str(bad))
+    if failed:
+      mngr.reload()
+    return restored
+  if failed:
+    raise UserError(
+      f"no checkpoint in {workdir / 'checkpoints'} restores (steps {[s for s, _ in failed]}; "
+      f"newest: {failed[0][1]}); move that folder away to start the sweep over"
+    )
+  return None
+
+
+def run_sweep(
+  cfg, workdir=None, *, reconfigure: bool = False, progress: bool = True, wait: bool = False
+) -> Path:
   """Trains every run of the sweep ``cfg``, one compiled program per static
-  signature; resumes from the last checkpoint in ``workdir``. Writes the metric log
-  and the checkpoints, nothing else (grokjax.report summarises and draws). Returns
-  the run directory."""
+  signature; resumes from the newest checkpoint in ``workdir`` that restores.
+  Writes the metric log and the checkpoints, nothing else (grokjax.report
+  summarises and draws). Returns the run directory.
+
+  One process at a time trains a run directory (grokjax.lock; ``wait``: queue for
+  it instead of refusing). Ctrl-C stops at once with the finished checkpoints kept:
+  the same call resumes.
+  """
   sweep = build(cfg)
   cfg = sweep.cfg
   if jax.process_count() > 1 and not workdir:
@@ -292,22 +364,36 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   primary = jax.process_index() == 0
   trackers = integrations.Writers()
   if primary:
+    _check_workdir(workdir, sweep, reconfigure)
     trackers = integrations.make_writer(cfg, sweep.runs, workdir)  # wandb/TensorBoard, if on
-    _prepare_workdir(workdir, sweep, reconfigure)
-  _barrier("workdir")
+  with lock.hold(workdir, wait) if primary else contextlib.nullcontext():
+    try:
+      _train(sweep, workdir, primary, trackers, progress)
+    except OSError as e:
+      if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        raise
+      raise UserError(
+        f"the disk is full ({e.filename or workdir}); what was written is kept: free some "
+        "space, then run the same command to resume"
+      ) from None
+  return workdir
 
+
+def _train(sweep: Sweep, workdir: Path, primary: bool, trackers, progress: bool) -> None:
+  cfg = sweep.cfg
+  _barrier("workdir")
   table, runs = device_inputs(sweep)
   fns = sweep_fns(sweep)
   mngr = checkpoint.manager(workdir, cfg.checkpoint_keep)
   padded = [int(r.seed.shape[0]) for r in runs]
-  saved = checkpoint.saved_meta(mngr).get("padded_runs")
+  saved = checkpoint.saved_meta(mngr).get("padded_runs") if mngr.latest_step() is not None else None
   if saved not in (None, padded):
     raise UserError(
       f"the checkpoints in {workdir} hold {saved} runs per program with padding, this "
       f"machine's {jax.device_count()} devices pad to {padded}: resume on as many devices "
       "as it started on"
     )
-  restored = restore(sweep, mngr, fns, table, runs)
+  restored = _restore_newest(sweep, mngr, fns, table, runs, workdir)
   start = 0
   if restored:
     states, meta = restored
@@ -315,20 +401,23 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
   else:
     states = [init(table, r) for (init, _), r in zip(fns, runs)]
   if primary:
+    _write_workdir(workdir, sweep)
     logs.truncate_metrics(workdir / "metrics.msgpack", start if restored else -1)
   points = [s for s in config_lib.eval_steps(cfg) if s > start or (s == 0 and not restored)]
-  if not points and primary:
-    print(f"sweep in {workdir} is finished ({start} steps); nothing to do")
+  if not points:
+    if primary:
+      print(f"sweep in {workdir} is finished ({start} steps); nothing to do")
+    mngr.close()
+    return
   bar = tqdm(
     total=cfg.steps,
     initial=start,
     unit="step",
-    disable=not progress or not points or not primary,
+    disable=not progress or not primary,
     desc=f"{', '.join(_ops(sweep.runs))} (p={cfg.p}), {len(sweep.runs)} runs",
   )
-
   writer = logs.MetricWriter(workdir / "metrics.msgpack") if primary else None
-  pending, prev = None, start
+  pending, prev, saved_at = None, start, start if restored else None
 
   def flush():
     record = _record(*pending, sweep)
@@ -343,25 +432,33 @@ def run_sweep(cfg, workdir=None, *, reconfigure: bool = False, progress: bool = 
       refresh=False,
     )
 
-  for step in points:
-    # Dispatch the next chunk of every program before fetching the last one's
-    # metrics, so the device never waits on logging.
-    out = [chunk(table, r, st, step - prev) for (_, chunk), r, st in zip(fns, runs, states)]
-    states, metrics = [o[0] for o in out], [o[1] for o in out]
+  try:
+    for step in points:
+      # Dispatch the next chunk of every program before fetching the last one's
+      # metrics, so the device never waits on logging.
+      out = [chunk(table, r, st, step - prev) for (_, chunk), r, st in zip(fns, runs, states)]
+      states, metrics = [o[0] for o in out], [o[1] for o in out]
+      if pending:
+        flush()
+      pending = (step, metrics)
+      if step == cfg.steps or step // cfg.checkpoint_every > prev // cfg.checkpoint_every:
+        flush()
+        pending = None
+        checkpoint.save(mngr, step, states, {"step": step, "padded_runs": padded})
+        saved_at = step
+      prev = step
     if pending:
       flush()
-    pending = (step, metrics)
-    if step == cfg.steps or step // cfg.checkpoint_every > prev // cfg.checkpoint_every:
-      flush()
-      pending = None
-      checkpoint.save(mngr, step, states, {"step": step, "padded_runs": padded})
-    prev = step
-  if pending:
-    flush()
-  trackers.close()
-  bar.close()
+  except KeyboardInterrupt:
+    mngr.wait_until_finished()  # a checkpoint being written is finished, not torn
+    where = f"step {saved_at}" if saved_at is not None else "the start"
+    raise Interrupted(
+      f"interrupted; the sweep in {workdir} resumes from {where} with the same command"
+    ) from None
+  finally:
+    trackers.close()
+    bar.close()
+    if writer:
+      writer.close()
   mngr.wait_until_finished()
   mngr.close()
-  if primary:
-    writer.close()
-  return workdir

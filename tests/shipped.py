@@ -3,9 +3,7 @@
 import runpy
 from pathlib import Path
 
-import msgpack
-
-from grokjax import sweep
+from grokjax import logs, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 # "file[:arg]" -> steps. Variants run past Grokfast-MA's window (100), so its filter acts.
@@ -34,5 +32,4 @@ def config(case: str):
 def metrics(case: str, workdir) -> list[dict]:
   """The metric records of ``case`` trained into ``workdir``."""
   sweep.run_sweep(config(case), Path(workdir) / "run", progress=False)
-  with open(Path(workdir) / "run" / "metrics.msgpack", "rb") as f:
-    return list(msgpack.Unpacker(f, raw=False))
+  return logs.read_metrics(Path(workdir) / "run" / "metrics.msgpack")

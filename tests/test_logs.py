@@ -16,7 +16,9 @@ def test_plain_msgpack_reads_the_log(tmp_path):
   path = tmp_path / "metrics.msgpack"
   _write(path, RECORDS)
   with open(path, "rb") as f:
-    assert list(msgpack.Unpacker(f)) == RECORDS
+    plain = list(msgpack.Unpacker(f))
+  assert [{k: v for k, v in r.items() if k != "crc32"} for r in plain] == RECORDS
+  assert all(isinstance(r["crc32"], int) for r in plain)
   assert logs.read_metrics(path) == RECORDS
 
 
@@ -48,3 +50,28 @@ def test_atomic_json(tmp_path):
   logs.write_json_atomic(path, {"x": 2})
   assert path.read_text().strip().endswith("}") and '"x": 2' in path.read_text()
   assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_damaged_record_in_the_middle_costs_that_record_only(tmp_path, caplog):
+  path = tmp_path / "metrics.msgpack"
+  records = [{"step": s, "val_acc": [0.1 * s, 0.5], "val_loss": [1.0, 2.0]} for s in range(10)]
+  _write(path, records)
+  raw = path.read_bytes()
+  ends = [o for _, _, o in logs.scan(raw)[0]]
+  start, end = ends[3], ends[4]  # record 4
+  for offset in range(start, end):
+    for bad in (0xC1, raw[offset] ^ 0xFF):
+      path.write_bytes(raw[:offset] + bytes([bad]) + raw[offset + 1 :])
+      got = logs.read_metrics(path)
+      others = [r for r in got if r["step"] != 4]
+      assert others == records[:4] + records[5:], (offset, bad)
+      assert len(got) in (9, 10)
+  # reported in one line; a resume keeps every intact record, before and after it
+  path.write_bytes(raw[:start] + b"\xc1" + raw[start + 1 :])
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    assert logs.read_metrics(path) == records[:4] + records[5:]
+  assert [r.getMessage().count("\n") for r in caplog.records] == [0]
+  assert "damaged" in caplog.records[0].getMessage()
+  assert logs.truncate_metrics(path, 7) == records[:4] + records[5:8]
+  assert logs.read_metrics(path) == records[:4] + records[5:8]

@@ -1,0 +1,77 @@
+"""The library's layers: every module imports only modules of lower layers (at any
+depth of the file, function-level imports included), and none uses another's
+private names. So the import graph has no circle and no upward edge, and training
+(sweep, layer 5) cannot reach reporting (plots, interp, report)."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "grokjax"
+# Lower numbers first; a module may import modules of strictly lower layers.
+LAYERS = {
+  "errors": 0,
+  "registry": 1,
+  "cli": 1,
+  "data": 2,
+  "losses": 2,
+  "optim": 2,
+  "logs": 2,
+  "checkpoint": 2,
+  "analysis": 2,
+  "integrations": 2,
+  "model": 3,
+  "methods": 3,
+  "fourier": 3,
+  "config": 4,
+  "train": 4,
+  "sweep": 5,
+  "rundir": 6,
+  "interp": 7,
+  "plots": 8,
+  "report": 9,
+}
+
+
+def _imports(tree: ast.AST):
+  """(module imported, names taken from it) for every grokjax import in the tree."""
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("grokjax"):
+      if node.module == "grokjax":
+        for alias in node.names:
+          yield alias.name, []
+      else:
+        yield node.module.split(".")[1], [a.name for a in node.names]
+    elif isinstance(node, ast.Import):
+      for alias in node.names:
+        if alias.name.startswith("grokjax."):
+          yield alias.name.split(".")[1], []
+
+
+def test_every_module_has_a_layer():
+  modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+  assert modules == set(LAYERS)
+
+
+def test_imports_go_down_only_and_never_to_private_names():
+  problems = []
+  for path in sorted(PACKAGE.glob("*.py")):
+    if path.stem == "__init__":
+      continue
+    tree = ast.parse(path.read_text())
+    aliases = {}
+    for target, names in _imports(tree):
+      if LAYERS[target] >= LAYERS[path.stem]:
+        problems.append(f"{path.stem} (layer {LAYERS[path.stem]}) imports {target}")
+      problems += [f"{path.stem} imports {target}.{n}" for n in names if n.startswith("_")]
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module == "grokjax":
+        aliases.update({a.asname or a.name: a.name for a in node.names})
+    for node in ast.walk(tree):
+      if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in aliases
+        and node.attr.startswith("_")
+      ):
+        problems.append(f"{path.stem} uses {aliases[node.value.id]}.{node.attr}")
+  assert not problems, "\n".join(problems)
