@@ -339,7 +339,7 @@ def _run_child(args: list[str], limit: float) -> dict | None:
     proc.kill()  # this one child, by its id
     stdout, _ = proc.communicate()
     error = f"timed out after {limit:g} s"
-  except BaseException:  # Ctrl-C, SIGTERM: take the child along
+  except BaseException:  # Ctrl-C: take the child along
     proc.kill()
     proc.wait()
     raise

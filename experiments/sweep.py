@@ -29,6 +29,9 @@ _WORKDIR = flags.DEFINE_string(
 _RECONFIGURE = flags.DEFINE_bool(
   "reconfigure", False, "Continue a sweep in --workdir with changed steps/eval/checkpoint settings."
 )
+_WAIT = flags.DEFINE_bool(
+  "wait", False, "If another process is training --workdir, wait for it instead of exiting."
+)
 _DISTRIBUTED = flags.DEFINE_bool(
   "distributed", False, "One process per host: jax.distributed.initialize() before anything else."
 )
@@ -45,7 +48,9 @@ def main(argv):
     raise cli.UserError(f"unexpected arguments {argv[1:]}; flags look like --config.steps=1000")
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  workdir = sweep.run_sweep(cli.config(_CONFIG), _WORKDIR.value, reconfigure=_RECONFIGURE.value)
+  workdir = sweep.run_sweep(
+    cli.config(_CONFIG), _WORKDIR.value, reconfigure=_RECONFIGURE.value, wait=_WAIT.value
+  )
   if jax.process_index() == 0:
     text, _ = report.report(workdir)
     print(f"{text}\nrun directory: {workdir}")

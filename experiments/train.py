@@ -138,6 +138,9 @@ _SAVE_METRICS = flags.DEFINE_bool(
 _RECONFIGURE = flags.DEFINE_bool(
   "reconfigure", False, "Continue a run in its directory with changed steps/eval/checkpoint flags."
 )
+_WAIT = flags.DEFINE_bool(
+  "wait", False, "If another process is training the run directory, wait for it instead of exiting."
+)
 _DRY_RUN = flags.DEFINE_bool(
   "dry_run", False, "Print the run directory and the resolved config as JSON; train nothing."
 )
@@ -254,7 +257,7 @@ def main(argv):
     )
     print(json.dumps(preview, indent=2))
     return
-  workdir = sweep.run_sweep(cfg, workdir, reconfigure=_RECONFIGURE.value)
+  workdir = sweep.run_sweep(cfg, workdir, reconfigure=_RECONFIGURE.value, wait=_WAIT.value)
   text, _ = report.report(workdir)
   print(f"{text}\nrun directory: {workdir}")
   if _HISTORY_JSONL.value:

@@ -13,10 +13,13 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 
 
-def manager(workdir, keep: int | None = 3) -> ocp.CheckpointManager:
+def manager(workdir, keep: int | None = 3, create: bool = True) -> ocp.CheckpointManager:
   """The sweep's CheckpointManager over ``workdir/checkpoints`` (async saves);
-  ``keep=None`` keeps every checkpoint (for reading)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  ``keep=None`` keeps every checkpoint, ``create=False`` only reads (the folder
+  must exist)."""
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=create, read_only=not create, save_interval_steps=int(create)
+  )
   return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
 
 

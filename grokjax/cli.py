@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags, logging
 
-from grokjax.errors import UserError
+from grokjax.errors import Interrupted, UserError
 
 
 def _fail(message: str):
@@ -33,26 +33,39 @@ def _asks_for_help(argv) -> bool:
   return False
 
 
+def _config_path(argv) -> str:
+  """The --config file named in argv (for messages)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return "the --config file"
+
+
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
-  except SystemExit as e:
-    # absl's help flags print the usage to stdout, then exit with status 1, as for an
-    # error; asking for help is no error: exit 0.
-    if e.code == 1 and _asks_for_help(argv):
-      sys.exit(0)
-    raise
   except (flags.Error, UserError) as e:
     message = str(e) or type(e).__name__
     if "Traceback" in message:  # config_flags quotes an error of get_config(): keep its last line
       message = message.strip().splitlines()[-1].removeprefix(f"{UserError.__module__}.UserError: ")
     _fail(" ".join(message.split()))
-  except (OSError, SyntaxError, ImportError, AttributeError, TypeError, ValueError) as e:
-    # config_flags loads the config file while parsing: a missing or broken file.
+  except AttributeError as e:
+    # config_flags: an override of a key the config does not have, e.g. --config.stpes=10
+    text = str(e).strip("'\"").replace("\\n", "\n").replace("\\'", "'")
+    key, _, hint = text.partition("\n")
+    key = key.strip("'\"")
+    hint = f" ({hint.strip().rstrip('?')}?)" if hint else ""
+    _fail(f"unknown config key {key!r}{hint}; fix the --config.<key>=value flag")
+  except (OSError, SyntaxError, ImportError) as e:
     _fail(
-      f"cannot load the config ({type(e).__name__}: {str(e).splitlines()[0]}); "
-      "check the --config path and the file's get_config()"
+      f"cannot load {_config_path(argv)} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+      "check the --config path"
     )
+  except Exception as e:  # the config file's get_config() raised
+    first = str(e).splitlines()[0] if str(e) else ""
+    _fail(f"{_config_path(argv)}: get_config() raised {type(e).__name__}: {first}; fix that file")
 
 
 def config(holder):
@@ -95,5 +108,11 @@ def run(main) -> None:
       return main(argv)
     except UserError as e:
       _fail(str(e))
+    except Interrupted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(130)
+    except KeyboardInterrupt:
+      print("interrupted before training started; nothing was changed", file=sys.stderr)
+      sys.exit(130)
 
   app.run(guarded, flags_parser=_parse_flags)

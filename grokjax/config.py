@@ -200,8 +200,6 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cfg.sweep.ops = tuple(data.canonical_op(op) for op in cfg.sweep.ops)
   for op in cfg.sweep.ops:
     data.num_elements(op, cfg.p)
-  if len(set(cfg.sweep.ops)) < len(cfg.sweep.ops):
-    raise UserError(f"sweep.ops lists an operation twice: {', '.join(cfg.sweep.ops)}")
   for variant in cfg.sweep.variants:
     if variant not in VARIANTS:
       raise UserError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
@@ -217,10 +215,10 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       if kind is int and v < 0:
         raise UserError(f"sweep.{name} holds {v!r}; seeds are integers >= 0")
     cfg.sweep[name] = tuple(kind(v) for v in values)
-  for name in ("seeds", "train_fracs"):
+  for name, example in (("seeds", "0,1,2"), ("train_fracs", "0.3,0.5")):
     if not cfg.sweep[name]:
       raise UserError(
-        f"sweep.{name} is empty; give at least one value, e.g. --config.sweep.{name}=0.5"
+        f"sweep.{name} is empty; give at least one value, e.g. --config.sweep.{name}={example}"
       )
   for f in cfg.sweep.train_fracs:
     data.check_train_frac(f)
@@ -229,6 +227,12 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if key.type is str:
       values = [p.strip() for v in values for p in str(v).split(",") if p.strip()]
     cfg.sweep[key.field] = tuple(key.coerce(v, f"sweep.{key.field}") for v in values)
+  for name, values in cfg.sweep.items():
+    twice = sorted({repr(v) for v in values if list(values).count(v) > 1})
+    if twice:
+      raise UserError(
+        f"sweep.{name} lists {', '.join(twice)} more than once; each value trains once"
+      )
   return cfg
 
 

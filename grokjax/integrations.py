@@ -129,9 +129,10 @@ def _require(module: str, key: str, extra: str):
   try:
     return importlib.import_module(module)
   except ImportError:
+    off = "; experiments/train.py: --nowandb" if key == "wandb" else ""
     raise UserError(
       f"log.{key}=True needs the {module} package: pip install 'grokjax[{extra}]', "
-      f"or turn it off (--config.log.{key}=False; experiments/train.py: --no{key})"
+      f"or turn it off (--config.log.{key}=False{off})"
     ) from None
 
 

@@ -506,6 +506,7 @@ def write_figures(rd, out=None, threshold: float | None = None) -> list[Path]:
   has variants; returns the paths written."""
   if threshold is not None and not 0 < threshold <= 1:
     raise UserError(f"threshold {threshold!r} must be in (0, 1], e.g. 0.99")
+  _positive_steps(rd)  # something to draw, before any folder is made
   out = _out_dir(rd, out)
   figures = dict(FIGURES)
   if any("variant" in r for r in rd.runs):

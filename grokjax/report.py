@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from grokjax import analysis, interp, logs, plots, rundir
+from grokjax.errors import UserError
 
 
 def report(
@@ -18,6 +19,11 @@ def report(
   RUN_DIR/figures/), and the progress measures when ``measures`` (default: the
   config's ``interp``). Returns the results table as text and the paths written."""
   rd = rundir.load(run_dir)
+  if not (rd.path / "metrics.msgpack").exists() and rd.steps():
+    raise UserError(
+      f"{rd.path / 'metrics.msgpack'} is missing, though the sweep has trained (checkpoints "
+      f"at steps {rd.steps()}); restore the file, or train again in a new --workdir"
+    )
   analysis.require_metrics(rd)
   threshold = rd.threshold if threshold is None else threshold
   summary = analysis.summarize_arrays(rd.metrics, rd.runs, threshold)

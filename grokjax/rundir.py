@@ -8,6 +8,7 @@ parameters come back through ``grokjax.sweep.restore``, the function a resume us
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -41,15 +42,19 @@ class RunDir(NamedTuple):
 
   def steps(self) -> list[int]:
     """Steps of the checkpoints kept."""
-    with checkpoint.manager(self.path, keep=None) as mngr:
+    if not (self.path / "checkpoints").is_dir():
+      return []
+    with checkpoint.manager(self.path, keep=None, create=False) as mngr:
       return list(mngr.all_steps())
 
   def params(self, step: int | None = None, sw: sweep.Sweep | None = None) -> list:
     """Every run's parameters (numpy pytrees, runs.json order) at a saved ``step``
     (default: the latest); step 0 without a checkpoint: as training initialised them."""
     sw = sw or self.sweep()
-    with checkpoint.manager(self.path, keep=None) as mngr:
-      saved = list(mngr.all_steps())
+    saved = self.steps()
+    with contextlib.ExitStack() as stack:
+      if saved:
+        mngr = stack.enter_context(checkpoint.manager(self.path, keep=None, create=False))
       if step == 0 and 0 not in saved:
         table, runs = sweep.device_inputs(sw)
         states = [init(table, r) for (init, _), r in zip(sweep.sweep_fns(sw), runs)]

@@ -129,11 +129,25 @@ def _program(sweep_cfg, runs: list[dict], members: list[int], table, batch: int)
   return Program(static, np.asarray(members))
 
 
+def _check_memory(cfg, ops: list[str], k: int) -> None:
+  """Refuses a table that would not fit: p = 10007 means 1e8 equations."""
+  rows = sum(data.num_elements(op, cfg.p) ** 2 for op in ops)
+  need = rows * (4 * 4 + 4 + k * (2 + 4))  # inputs, labels; per run: masks and row indices
+  total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  if need > total / 2:
+    raise UserError(
+      f"p={cfg.p} makes a table of {rows:,} equations: {need / 2**30:.1f} GiB for {k} runs "
+      f"before training, more than half of this machine's {total / 2**30:.0f} GiB; use a "
+      "smaller p"
+    )
+
+
 def build(cfg) -> Sweep:
   """Validates cfg and builds the table, the runs, their splits and their programs."""
   cfg = config_lib.validate(cfg)
   runs = config_lib.run_grid(cfg)
   ops = _ops(runs)
+  _check_memory(cfg, ops, len(runs))
   table, op_rows = data.stack_tables(ops, cfg.p)
   train_masks = np.zeros((len(runs), len(table.labels)), bool)
   val_masks = np.zeros_like(train_masks)
@@ -315,7 +329,19 @@ def _restore_newest(sweep: Sweep, mngr, fns, table, runs, workdir: Path):
   damaged newer one is moved aside to RUN_DIR/damaged/ and named in one line."""
   steps = sorted(mngr.all_steps(), reverse=True)
   failed = []
+  padded = [int(r.seed.shape[0]) for r in runs]
   for step in steps:
+    try:
+      saved = checkpoint.saved_meta(mngr, step).get("padded_runs")
+    except Exception as e:
+      failed.append((step, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+      continue
+    if saved not in (None, padded):
+      raise UserError(
+        f"the checkpoints in {workdir} hold {saved} runs per program with padding, this "
+        f"machine's {jax.device_count()} devices pad to {padded}: resume on as many devices "
+        "as it started on"
+      )
     try:
       restored = restore(sweep, mngr, fns, table, runs, step)
     except Exception as e:  # Orbax raises many kinds for missing or truncated files
@@ -386,13 +412,6 @@ def _train(sweep: Sweep, workdir: Path, primary: bool, trackers, progress: bool)
   fns = sweep_fns(sweep)
   mngr = checkpoint.manager(workdir, cfg.checkpoint_keep)
   padded = [int(r.seed.shape[0]) for r in runs]
-  saved = checkpoint.saved_meta(mngr).get("padded_runs") if mngr.latest_step() is not None else None
-  if saved not in (None, padded):
-    raise UserError(
-      f"the checkpoints in {workdir} hold {saved} runs per program with padding, this "
-      f"machine's {jax.device_count()} devices pad to {padded}: resume on as many devices "
-      "as it started on"
-    )
   restored = _restore_newest(sweep, mngr, fns, table, runs, workdir)
   start = 0
   if restored:
@@ -449,6 +468,7 @@ def _train(sweep: Sweep, workdir: Path, primary: bool, trackers, progress: bool)
       prev = step
     if pending:
       flush()
+    mngr.wait_until_finished()
   except KeyboardInterrupt:
     mngr.wait_until_finished()  # a checkpoint being written is finished, not torn
     where = f"step {saved_at}" if saved_at is not None else "the start"
@@ -460,5 +480,4 @@ def _train(sweep: Sweep, workdir: Path, primary: bool, trackers, progress: bool)
     bar.close()
     if writer:
       writer.close()
-  mngr.wait_until_finished()
-  mngr.close()
+    mngr.close()

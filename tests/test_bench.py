@@ -1,10 +1,15 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = str(ROOT / "experiments" / "bench.py")
 
 
 def test_bench_quick_prints_and_writes_rows(tmp_path):
@@ -13,7 +18,7 @@ def test_bench_quick_prints_and_writes_rows(tmp_path):
   out = subprocess.run(
     [
       sys.executable,
-      str(ROOT / "experiments" / "bench.py"),
+      BENCH,
       "--quick",
       "--notorch",
       f"--out={out_file}",
@@ -27,6 +32,76 @@ def test_bench_quick_prints_and_writes_rows(tmp_path):
   rows = json.loads(out_file.read_text())
   assert [(r["framework"], r["k"]) for r in rows] == [("grokjax", 1), ("grokjax", 2)]
   for r in rows:
+    assert "error" not in r, r
     assert r["run_steps_per_s"] > 0 and r["compile_s"] > 0 and r["program_mib_per_run"] > 0
     assert r["tflops"] > 0
   assert "run-steps/s" in out.stdout and str(out_file) in out.stdout
+
+
+@pytest.mark.slow
+def test_bench_k_past_its_time_limit_is_a_row_and_the_bench_goes_on(tmp_path):
+  """K=2 hangs (a test hook): after --k_timeout_s its row says 'timed out', is printed and
+  already in the JSON file while the bench goes on to measure K=1."""
+  out_file = tmp_path / "bench.json"
+  limit = 90  # K=1 of the tiny config takes ~10 s on 2 idle cores, ~35 s on busy ones
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      BENCH,
+      "--quick",
+      f"--setups={ROOT / 'tests' / 'tiny_config.py'}",
+      "--ks=2,1",
+      "--_stall_ks=2",
+      f"--k_timeout_s={limit}",
+      "--notorch",
+      f"--out={out_file}",
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  try:
+    lines, start = [], None
+    for line in proc.stdout:
+      lines.append(line)
+      if "run-steps/s" in line:  # the header: the stalled K=2 starts now
+        start = time.monotonic()
+      if line.split()[2:3] == ["2"] and "timed out after" in line:  # the row of K=2
+        # printed as soon as the limit passed, and saved before it was printed
+        assert start and time.monotonic() - start < limit + 60, lines
+        saved = json.loads(out_file.read_text())
+        assert [(r["k"], r["error"]) for r in saved] == [(2, f"timed out after {limit} s")]
+        assert proc.poll() is None  # K=1 is still to come
+    assert proc.wait(timeout=600) == 0
+  finally:
+    proc.kill()
+  stdout = "".join(lines)
+  rows = json.loads(out_file.read_text())
+  assert [(r["framework"], r["k"]) for r in rows] == [("grokjax", 2), ("grokjax", 1)]
+  assert rows[0]["error"] == f"timed out after {limit} s" and "run_steps_per_s" not in rows[0]
+  assert "error" not in rows[1] and rows[1]["run_steps_per_s"] > 0, rows[1]
+  assert f"timed out after {limit} s" in stdout and "1 of 2 rows timed out or failed" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")), reason="bash, timeout")
+def test_gpu_check_dry_run(tmp_path):
+  """experiments/gpu_check.sh --dry-run: every step of the GPU check with tiny settings."""
+  env = {k: v for k, v in os.environ.items() if k not in ("OUT_DIR", "GPU_CHECK_BUDGET_S")}
+  env.update(JAX_PLATFORMS="cpu", PYTHON=sys.executable, OUT=str(tmp_path))
+  out = subprocess.run(
+    ["bash", str(ROOT / "experiments" / "gpu_check.sh"), "--dry-run"],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=1500,
+  )
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  for name, setup, k in (("bench_paper.json", "paper", 1), ("bench_quick.json", "quick", 2)):
+    (row,) = json.loads((tmp_path / name).read_text())
+    assert (row["setup"], row["k"]) == (setup, k) and row["run_steps_per_s"] > 0, row
+  assert json.loads((tmp_path / "div_summary.json").read_text())
+  for text in ("backend cpu", "steps to 99% train", "div sweep: 1 runs x 20 steps", "=== summary"):
+    assert text in out.stdout, text
+  for step in ("deps", "device", "bench_paper", "bench_quick", "precision_check", "div_sweep"):
+    assert f"  {step}: ok" in out.stdout, step

@@ -18,7 +18,7 @@ _DEFINE = re.compile(r"DEFINE_\w+\(\s*\"(\w+)\"")
 
 
 def test_scripts_found():
-  assert {"sweep", "train", "plot", "export", "interp", "bench"} <= set(SCRIPTS)
+  assert {"sweep", "train", "plot", "export", "interp", "bench", "report"} <= set(SCRIPTS)
 
 
 def _flags_of(name: str) -> list[str]:

@@ -13,7 +13,8 @@ shrunk by THIS file, never by the library:
   What the command sets itself stays, but for steps and the evaluation/checkpoint cadence.
 - `experiments/train.py`: 20 steps (2 epochs with --epochs), an evaluation every 10,
   p = 11 instead of 97; a --dry-run command runs as it is.
-- `experiments/bench.py`: --quick --notorch, --out into the temp dir.
+- `experiments/bench.py`: --quick --notorch, one K of the quick setup (the setups a command
+  names must exist), --out into the temp dir.
 - `plot.py`, `export.py`, `report.py`, `interp.py RUN_DIR`: on the run directory a doc's
   sweep command wrote (trained first if no earlier command did).
 - venv and `source` lines are not run; `pip install` must name extras that pyproject.toml
@@ -23,13 +24,14 @@ A ```console block shows the output of a command after it: a shown `error: ...` 
 means the command must exit 2 with exactly that line on stderr; otherwise it must exit 0.
 A sweep that switches on wandb or TensorBoard while the package is missing must stop
 with the documented one-line error (exit 2); with the package it runs (wandb offline).
-The ```python snippets run too, in the same directory.
+The ```python snippets that read such a run directory run too, in the same directory.
 
 To teach the test a new kind of command, extend ``classify``.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import os
@@ -121,12 +123,21 @@ def commands_of(path: Path) -> list[Command]:
   return out
 
 
+def _run_dirs(code: str) -> set[str]:
+  return set(re.findall(r"""["'](runs/[\w.-]+)[/"']""", code))
+
+
 def python_snippets() -> list[Command]:
+  """The ```python blocks that read a run directory the docs' commands write (a block
+  that trains its own sweep, as docs/extending.md's, has a test of its own)."""
+  made = producers()
   return [
     Command(str(p.relative_to(ROOT)), start, "\n".join(lines), lang)
     for p in DOCS
     for lang, start, lines in fenced_blocks(p)
     if lang in ("python", "py")
+    and _run_dirs("\n".join(lines))
+    and _run_dirs("\n".join(lines)) <= made.keys()
   ]
 
 
@@ -280,10 +291,7 @@ def shrink_train(args: list[str]) -> list[str]:
     return args
   rest, taken = _take_flags(
     args,
-    {
-      n: True
-      for n in ("steps", "optim_steps", "epochs", "eval_every", "steps_per_execution", "p")
-    },
+    {n: True for n in ("steps", "optim_steps", "epochs", "eval_every", "steps_per_execution", "p")},
   )
   if "epochs" in taken:
     rest.append("--epochs=2")
@@ -297,16 +305,35 @@ def shrink_train(args: list[str]) -> list[str]:
   return rest
 
 
+def bench_setups() -> set[str]:
+  """The setup names experiments/bench.py knows (its SETUPS dict), read without importing it."""
+  tree = ast.parse((ROOT / "experiments" / "bench.py").read_text())
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "SETUPS" for t in node.targets):
+      return set(ast.literal_eval(node.value))
+  raise AssertionError("experiments/bench.py has no SETUPS")
+
+
 def shrink_bench(args: list[str], cwd: Path) -> list[str]:
-  rest, _ = _take_flags(args, {"out": True, "quick": False, "torch": False, "notorch": False})
-  return [*rest, "--quick", "--notorch", f"--out={cwd / 'bench.json'}"]
+  """--quick, one K, the quick setup only (the names given must exist)."""
+  rest, taken = _take_flags(
+    args,
+    {"out": True, "ks": True, "setups": True, "quick": False, "torch": False, "notorch": False},
+  )
+  unknown = set(taken.get("setups", "quick").split(",")) - bench_setups()
+  assert not unknown, f"experiments/bench.py has no setup {unknown}"
+  return [*rest, "--quick", "--notorch", "--ks=1", "--setups=quick", f"--out={cwd / 'bench.json'}"]
 
 
 def producers() -> dict[str, Command]:
   """Run directory (as the docs name it, e.g. runs/quick) -> the first command writing it."""
   out = {}
   for c in all_commands():
-    if classify(c) == "script" and Path(c.tokens[1]).name in ("sweep.py", "train.py"):
+    try:
+      kind = classify(c)
+    except AssertionError:
+      continue  # test_doc_command says why
+    if kind == "script" and Path(_plain(c.tokens)[1]).name in ("sweep.py", "train.py"):
       _, taken = _take_flags(c.tokens[2:], {"workdir": True})
       if "workdir" in taken:
         out.setdefault(os.path.normpath(taken["workdir"]), c)
@@ -425,18 +452,20 @@ def test_doc_command(command: Command, workspace):
       assert extra in known, f"{command.where}: extra {extra!r} is not in pyproject.toml"
     return
   if kind == "pytest":
-    ci = [
-      line.strip() for line in (ROOT / ".ci/run").read_text().splitlines() if "pytest" in line
-    ]
+    ci = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines() if "pytest" in line]
     ci = [line for line in ci if not line.startswith("#")]
     assert ci == [shlex.join(tokens)], f"{command.where}: CI runs {ci}, the doc shows {tokens}"
     return
 
   script = Path(tokens[1]).name
   if script in RUN_DIR_SCRIPTS:
-    positional = [a for a in _take_flags(tokens[2:], {"out": True, "format": True,
-                                                      "threshold": True, "max_keys": True})[0]
-                  if not a.startswith("-")]
+    positional = [
+      a
+      for a in _take_flags(
+        tokens[2:], {"out": True, "format": True, "threshold": True, "max_keys": True}
+      )[0]
+      if not a.startswith("-")
+    ]
     assert len(positional) == 1, f"{command.where}: give one concrete RUN_DIR"
     ensure_run_dir(positional[0], cwd, env)
   argv = shrunk_argv(command, cwd)
@@ -450,7 +479,8 @@ def test_doc_command(command: Command, workspace):
       assert e in proc.stderr.splitlines(), _report(command, argv, proc)
   elif missing:
     assert proc.returncode == 2, _report(command, argv, proc)
-    assert proc.stderr.startswith(f"error: {missing}=True needs the "), _report(
+    needs = f"error: {missing}=True needs the "
+    assert any(line.startswith(needs) for line in proc.stderr.splitlines()), _report(
       command, argv, proc
     )
   else:
@@ -463,7 +493,7 @@ def test_doc_command(command: Command, workspace):
 )
 def test_doc_python_snippet(snippet: Command, workspace):
   cwd, env = workspace
-  for run_dir in sorted(set(re.findall(r"""["'](runs/[\w.-]+)[/"']""", snippet.text))):
+  for run_dir in sorted(_run_dirs(snippet.text)):
     ensure_run_dir(run_dir, cwd, env)
   proc = run([sys.executable, "-c", snippet.text], cwd, env)
   assert proc.returncode == 0, f"{snippet.where}:\n{snippet.text}\n{proc.stderr[-3000:]}"

@@ -14,6 +14,12 @@ import numpy as np
 import pytest
 from shipped import CASES, metrics
 
+# Before the registry, variants.py trained its 21 runs in one program, vmapped in pairs
+# on CPU. Now Grokfast-MA's runs (9-11) and StableMax's (15-17) train in programs of
+# their own, so the last of each, once paired with the run before it, is vmapped
+# alone, which moves its last bits (3e-7 relative at 105 steps). Every other run of
+# every shipped config is unchanged, bit for bit.
+REGROUPED = {"variants.py": {11, 17}}
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "shipped.json").read_text())
 SAME_JAX = (GOLDEN["jax"], GOLDEN["jaxlib"]) == (jax.__version__, jaxlib.__version__)
 
@@ -25,8 +31,8 @@ def test_shipped_config_gives_the_same_numbers(case, tmp_path):
   assert [r["step"] for r in got] == [r["step"] for r in want]
   for g, w in zip(got, want):
     assert set(g) == set(w)
-    for name in w:
+    for name in (n for n in w if n != "step"):
+      exact = [k for k in range(len(w[name])) if k not in REGROUPED.get(case, ())]
       if SAME_JAX:
-        assert g[name] == w[name], f"{case}: {name} at step {w['step']}"
-      else:
-        np.testing.assert_allclose(g[name], w[name], rtol=1e-5, atol=1e-7, equal_nan=True)
+        assert [g[name][k] for k in exact] == [w[name][k] for k in exact], (case, name, w["step"])
+      np.testing.assert_allclose(g[name], w[name], rtol=1e-5, atol=1e-7, equal_nan=True)

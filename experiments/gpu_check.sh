@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# GPU check: on a fresh GPU machine (JAX, flax, optax and orbax installed), print the
+# device, then time the sweep program. Each step runs under its own `timeout` and prints
+# every number as it comes; a failed or timed-out step does not stop the next one, and a
+# summary comes last. About 8 minutes at most on one H100.
+#
+#   bash experiments/gpu_check.sh              # the GPU check
+#   bash experiments/gpu_check.sh --dry-run    # the same steps with tiny settings (CPU, ~2 min)
+#   GPU_CHECK_QUICK=1 bash experiments/gpu_check.sh   # the same as --dry-run
+#
+# Steps: (0) ml-collections and absl-py, if `import ml_collections` fails: pip install from
+# wheels in $GPU_CHECK_WHEELS, ./shared/wheels, ./wheels or ./.whl (no network needed),
+# else from the package index; into a folder put on PYTHONPATH; (1) nvidia-smi -L and
+# jax.devices(); (a) bench.py, paper setup, K = 1, 64, 256; (b) bench.py, quick setup,
+# K = 64, 256; (c) bench.py --precision_check; (d) a timed 20,000-step sweep of
+# configs/div.py (27 runs).
+#
+# Environment: OUT_DIR (default ${OUT:-/tmp/gpu_check}) gets bench_paper.json,
+# bench_quick.json and div_summary.json; PYTHON (default python3); GPU_CHECK_BUDGET_S
+# (default 460; 1200 with --dry-run) bounds the whole script: a step gets at most what
+# is left of it.
+
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+QUICK=${GPU_CHECK_QUICK:-0}
+for arg in "$@"; do
+  case $arg in
+    --dry-run | --quick) QUICK=1 ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: unknown argument $arg; use --dry-run or nothing" >&2; exit 2 ;;
+  esac
+done
+[[ $QUICK == 0 || $QUICK == 1 ]] || QUICK=1
+
+OUT_DIR=${OUT_DIR:-${OUT:-/tmp/gpu_check}}
+mkdir -p "$OUT_DIR"
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+SITE=$TMP/site # where step (0) installs missing packages
+export PY SITE PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}:$SITE"
+if [[ $QUICK == 1 ]]; then BUDGET=${GPU_CHECK_BUDGET_S:-1200}; else BUDGET=${GPU_CHECK_BUDGET_S:-460}; fi
+START=$SECONDS
+SUMMARY=()
+FAILED=0
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# step NAME LIMIT_S CMD...: CMD (a program or a function of this script) under `timeout`,
+# for at most what is left of the budget.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET - (SECONDS - START)))
+  ((left < limit)) && limit=$left
+  if ((limit < 5)); then
+    echo "=== [$name] skipped: the ${BUDGET} s budget is spent"
+    SUMMARY+=("$name: skipped (budget spent)")
+    FAILED=1
+    return 1
+  fi
+  echo
+  echo "=== [$name] at most ${limit} s: $*"
+  local t0 rc status
+  t0=$(now)
+  if declare -F "$1" >/dev/null; then
+    timeout -k 10 "$limit" bash -c "$(declare -f have_deps "$1"); $*"
+  else
+    timeout -k 10 "$limit" "$@"
+  fi
+  rc=$?
+  local dt
+  dt=$(since "$t0")
+  case $rc in
+    0) status="ok" ;;
+    124 | 137) status="TIMED OUT after ${limit} s" ;;
+    *) status="FAILED (exit status $rc)" ;;
+  esac
+  [[ $rc == 0 ]] || FAILED=1
+  echo "=== [$name] $status, ${dt} s"
+  SUMMARY+=("$name: $status, ${dt} s")
+  return $rc
+}
+
+have_deps() { "$PY" -c "import ml_collections, absl" 2>/dev/null; }
+
+install_deps() {
+  if have_deps; then
+    echo "ml_collections and absl import: nothing to install"
+    return 0
+  fi
+  local dir
+  shopt -s nullglob nocaseglob
+  for dir in ${GPU_CHECK_WHEELS:-} shared/wheels wheels .whl; do
+    local wheels=("$dir"/ml_collections-*.whl)
+    ((${#wheels[@]})) || continue
+    "$PY" -c "import absl" 2>/dev/null || wheels+=("$dir"/absl_py-*.whl)
+    "$PY" -c "import yaml" 2>/dev/null || wheels+=("$dir"/pyyaml-*.whl)
+    echo "installing from $dir: ${wheels[*]##*/}"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "${wheels[@]}" \
+      && have_deps && break
+  done
+  shopt -u nullglob nocaseglob
+  if ! have_deps; then
+    echo "no ml_collections wheel in ${GPU_CHECK_WHEELS:+$GPU_CHECK_WHEELS, }shared/wheels, wheels or .whl: trying the package index"
+    timeout 90 "$PY" -m pip install -q --retries 1 --timeout 10 --target "$SITE" ml-collections absl-py
+  fi
+  have_deps && "$PY" -c "import ml_collections; print('ml_collections from', ml_collections.__file__)"
+}
+
+show_device() {
+  if command -v nvidia-smi >/dev/null; then nvidia-smi -L; else echo "(no nvidia-smi)"; fi
+  "$PY" - <<'EOF'
+import jax, flax, optax, orbax.checkpoint, ml_collections, grokjax
+print(f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}")
+print(f"backend {jax.default_backend()}: {jax.devices()}")
+EOF
+}
+
+BENCH=("$PY" experiments/bench.py)
+if [[ $QUICK == 1 ]]; then
+  echo "# gpu_check --dry-run: the same steps with tiny settings"
+  PAPER_ARGS=(--quick --setups=paper --ks=1 --k_timeout_s=240)
+  QUICK_ARGS=(--quick --setups=quick --ks=2 --k_timeout_s=240)
+  PREC_ARGS=(--precision_check --quick)
+  DIV_ARGS=(--config.steps=20 --config.p=7 --config.sweep.seeds=0 --config.sweep.train_fracs=0.5)
+  T_DEPS=120 T_DEV=120 T_A=300 T_B=300 T_C=400 T_D=300
+else
+  PAPER_ARGS=(--setups=paper --ks=1,64,256 --steps=500 --k_timeout_s=100)
+  QUICK_ARGS=(--setups=quick --ks=64,256 --steps=500 --k_timeout_s=100)
+  PREC_ARGS=(--precision_check)
+  DIV_ARGS=(--config.steps=20000)
+  T_DEPS=100 T_DEV=60 T_A=160 T_B=100 T_C=90 T_D=100
+fi
+echo "# $(date -u +%FT%TZ) $(hostname), python $PY, output to $OUT_DIR, budget ${BUDGET} s"
+
+step deps "$T_DEPS" install_deps
+step device "$T_DEV" show_device
+step bench_paper "$T_A" "${BENCH[@]}" "${PAPER_ARGS[@]}" --torch=false --out="$OUT_DIR/bench_paper.json"
+step bench_quick "$T_B" "${BENCH[@]}" "${QUICK_ARGS[@]}" --torch=false --out="$OUT_DIR/bench_quick.json"
+step precision_check "$T_C" "${BENCH[@]}" "${PREC_ARGS[@]}"
+DIV_T0=$(now)
+if step div_sweep "$T_D" "$PY" experiments/sweep.py --config configs/div.py "${DIV_ARGS[@]}" --workdir="$TMP/div"; then
+  DIV_S=$(since "$DIV_T0")
+  cp "$TMP/div/summary.json" "$OUT_DIR/div_summary.json" 2>/dev/null
+  "$PY" - "$TMP/div" "$DIV_S" <<'EOF'
+import json, sys
+from pathlib import Path
+d, wall = Path(sys.argv[1]), float(sys.argv[2])
+runs = len(json.loads((d / "runs.json").read_text()))
+steps = json.loads((d / "config.json").read_text())["steps"]
+print(f"div sweep: {runs} runs x {steps} steps in {wall:.1f} s wall (start, compile, "
+      f"checkpoints and report included): {runs * steps / wall:.0f} run-steps/s")
+EOF
+fi
+
+echo
+echo "=== summary ($((SECONDS - START)) s)"
+for line in "${SUMMARY[@]}"; do echo "  $line"; done
+"$PY" - "$OUT_DIR"/bench_paper.json "$OUT_DIR"/bench_quick.json <<'EOF'
+import json, sys
+from pathlib import Path
+for name in sys.argv[1:]:
+    path = Path(name)
+    if not path.is_file():
+        print(f"  {path.name}: not written")
+        continue
+    try:
+        rows = json.loads(path.read_text())
+    except ValueError as e:
+        print(f"  {path.name}: unreadable ({e})")
+        continue
+    cells = [
+        f"K={r['k']} {r['error']}" if "error" in r else
+        f"K={r['k']} {r['run_steps_per_s']:.0f} run-steps/s (compile {r.get('compile_s', 0):.1f} s)"
+        for r in rows
+    ]
+    print(f"  {path.name}: {len(rows)} rows: " + ("; ".join(cells) or "none"))
+EOF
+exit $FAILED
