@@ -11,8 +11,8 @@
 # Steps: (0) ml-collections and absl-py, if `import ml_collections` fails: pip install from
 # wheels in $GPU_CHECK_WHEELS, ./shared/wheels, ./wheels or ./.whl (no network needed),
 # else from the package index; into a folder put on PYTHONPATH; (1) nvidia-smi -L and
-# jax.devices(); (a) bench.py, paper setup, K = 1, 64, 256; (b) bench.py, quick setup,
-# K = 64, 256; (c) bench.py --precision_check; (d) a timed 20,000-step sweep of
+# jax.devices(); (a) bench.py, paper setup, K = 1, 256; (b) bench.py, quick setup,
+# K = 256; (c) bench.py --precision_check; (d) a timed 10,000-step sweep of
 # configs/div.py (27 runs).
 #
 # Environment: OUT_DIR (default ${OUT:-/tmp/gpu_check}) gets bench_paper.json,
@@ -129,11 +129,13 @@ if [[ $QUICK == 1 ]]; then
   DIV_ARGS=(--config.steps=20 --config.p=7 --config.sweep.seeds=0 --config.sweep.train_fracs=0.5)
   T_DEPS=120 T_DEV=120 T_A=300 T_B=300 T_C=400 T_D=300
 else
-  PAPER_ARGS=(--setups=paper --ks=1,64,256 --steps=500 --k_timeout_s=100)
-  QUICK_ARGS=(--setups=quick --ks=64,256 --steps=500 --k_timeout_s=100)
+  # Measured on one H200 (2026-11-26): paper K=1, 64, 256 took 146 s, quick K=64, 256 85 s,
+  # the precision check ~25 s per precision plus start-up, div 20k steps 88 s after compiling.
+  PAPER_ARGS=(--setups=paper --ks=1,256 --steps=500 --k_timeout_s=100)
+  QUICK_ARGS=(--setups=quick --ks=256 --steps=500 --k_timeout_s=100)
   PREC_ARGS=(--precision_check)
-  DIV_ARGS=(--config.steps=20000)
-  T_DEPS=100 T_DEV=60 T_A=160 T_B=100 T_C=90 T_D=100
+  DIV_ARGS=(--config.steps=10000)
+  T_DEPS=100 T_DEV=60 T_A=110 T_B=60 T_C=120 T_D=110
 fi
 echo "# $(date -u +%FT%TZ) $(hostname), python $PY, output to $OUT_DIR, budget ${BUDGET} s"
 

@@ -1,4 +1,4 @@
-"""grokjax.fourier and grokjax.interp: Fourier basis, key frequencies, restricted/excluded logits, figures."""
+"""grokjax.fourier and grokjax.interp: Fourier basis, key frequencies, the logit split, figures."""
 
 import json
 import subprocess

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_script
 from test_analysis import make_run_dir
 
-from grokjax import analysis, plots, rundir
+from grokjax import plots, rundir
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -123,8 +123,11 @@ def test_a_sweep_whose_every_run_diverges_finishes_with_its_table_and_figures(tm
 
 
 def test_an_infinite_learning_rate_is_refused(tmp_path):
-  one_line_error(cli("--config", TINY, "--workdir", tmp_path / "w", "--config.optim.lr=inf"),
-                 "optim.lr=inf", "finite")
+  one_line_error(
+    cli("--config", TINY, "--workdir", tmp_path / "w", "--config.optim.lr=inf"),
+    "optim.lr=inf",
+    "finite",
+  )
   assert not (tmp_path / "w").exists()
 
 
@@ -199,8 +202,15 @@ def test_reconfigure_below_the_trained_steps_is_refused(finished, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(finished, run)
   before = snapshot(run)
-  out = cli("--config", TINY, "--workdir", run, "--config.steps=30", "--reconfigure",
-            "--config.checkpoint_every=10")
+  out = cli(
+    "--config",
+    TINY,
+    "--workdir",
+    run,
+    "--config.steps=30",
+    "--reconfigure",
+    "--config.checkpoint_every=10",
+  )
   one_line_error(out, "below the 40 steps", "--config.steps=40")
   assert snapshot(run) == before
 
@@ -219,10 +229,15 @@ def test_a_workdir_without_write_permission(tmp_path):
 
 
 def test_bad_sweep_lists(tmp_path):
-  one_line_error(cli("--config", TINY, "--workdir", tmp_path / "w", "--config.sweep.seeds=1,1"),
-                 "sweep.seeds lists 1 more than once")
-  one_line_error(cli("--config", TINY, "--workdir", tmp_path / "w", "--config.p=10007",
-                     "--config.op=add"), "p=10007", "GiB")
+  one_line_error(
+    cli("--config", TINY, "--workdir", tmp_path / "w", "--config.sweep.seeds=1,1"),
+    "sweep.seeds lists 1 more than once",
+  )
+  one_line_error(
+    cli("--config", TINY, "--workdir", tmp_path / "w", "--config.p=10007", "--config.op=add"),
+    "p=10007",
+    "GiB",
+  )
   assert not (tmp_path / "w").exists()
 
 
@@ -266,8 +281,15 @@ def test_a_full_disk_is_one_message_and_the_same_command_resumes(tmp_path, tiny,
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_exit_130_and_the_same_command_resumes(tmp_path):
   workdir = tmp_path / "run"
-  flags = ("--config", TINY, "--workdir", workdir, "--config.steps=3000", "--config.eval_every=50",
-           "--config.checkpoint_every=500")
+  flags = (
+    "--config",
+    TINY,
+    "--workdir",
+    workdir,
+    "--config.steps=3000",
+    "--config.eval_every=50",
+    "--config.checkpoint_every=500",
+  )
   proc = start(*flags)
   wait_for(lambda: (workdir / "checkpoints" / "500").is_dir())
   proc.send_signal(signal.SIGINT)
