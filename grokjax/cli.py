@@ -46,6 +46,12 @@ def _config_path(argv) -> str:
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:
+    # absl's help flags print the usage to stdout, then exit with status 1, as for an
+    # error; asking for help is no error: exit 0.
+    if e.code == 1 and _asks_for_help(argv):
+      sys.exit(0)
+    raise
   except (flags.Error, UserError) as e:
     message = str(e) or type(e).__name__
     if "Traceback" in message:  # config_flags quotes an error of get_config(): keep its last line

@@ -116,9 +116,10 @@ def _program(sweep_cfg, runs: list[dict], members: list[int], table, batch: int)
   first = runs[members[0]]
   opt, mod, loss, _ = _entries(first)
   used = tuple(m for m in registry.METHODS.values() if any(m.active(runs[k]) for k in members))
-  values = {}
+  values = {}  # static values, each from a run that uses its entry (they agree: signature)
   for entry in (opt, mod, *used):
-    owner = next((runs[k] for k in members if entry not in used or entry.active(runs[k])), first)
+    uses = getattr(entry, "active", lambda run: True)
+    owner = next((runs[k] for k in members if uses(runs[k])), first)
     values.update({k.field: owner[k.field] for k in entry.keys if not k.per_run})
   model = make_model(
     dict(name=mod.name, **{k.field: values[k.field] for k in mod.keys}), table.vocab_size, table.n
@@ -132,7 +133,9 @@ def _program(sweep_cfg, runs: list[dict], members: list[int], table, batch: int)
 def _check_memory(cfg, ops: list[str], k: int) -> None:
   """Refuses a table that would not fit: p = 10007 means 1e8 equations."""
   rows = sum(data.num_elements(op, cfg.p) ** 2 for op in ops)
-  need = rows * (4 * 4 + 4 + k * (2 + 4))  # inputs, labels; per run: masks and row indices
+  # Building the table peaks at ~120 bytes a row (int64 grids, the formula, the int32
+  # copy); each run then holds its masks and row indices (6 bytes a row).
+  need = rows * (120 + 6 * k)
   total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   if need > total / 2:
     raise UserError(

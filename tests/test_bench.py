@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = str(ROOT / "experiments" / "bench.py")
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_and_writes_rows(tmp_path):
   out_file = tmp_path / "bench.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -40,6 +40,7 @@ def _assert_same_params(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_kill_9_at_a_random_moment_then_resume_is_exact(tmp_path):
   flags = ("--config.steps=3000", "--config.eval_every=50", "--config.checkpoint_every=500")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -72,6 +73,7 @@ def test_kill_9_at_a_random_moment_then_resume_is_exact(tmp_path):
   _assert_same_params(_params(ref, 4), _params(crashed, 4))
 
 
+@pytest.mark.slow
 def test_resume_drops_a_torn_record_and_lost_checkpoint(tmp_path, tiny):
   ref = sweep.run_sweep(tiny(), tmp_path / "ref", progress=False)
   report.report(ref)
@@ -91,6 +93,7 @@ def test_resume_drops_a_torn_record_and_lost_checkpoint(tmp_path, tiny):
   _assert_same_params(_params(ref, 4), _params(crashed, 4))
 
 
+@pytest.mark.slow
 def test_reconfigure_extends_a_finished_sweep(tmp_path, tiny):
   straight = sweep.run_sweep(tiny(steps=60), tmp_path / "straight", progress=False)
   extended = sweep.run_sweep(tiny(), tmp_path / "extended", progress=False)
@@ -105,6 +108,7 @@ def test_reconfigure_extends_a_finished_sweep(tmp_path, tiny):
   assert json.loads((extended / "config.json").read_text())["steps"] == 60
 
 
+@pytest.mark.slow
 def test_one_diverging_run_leaves_the_others_alone(tmp_path, tiny):
   cfg = tiny(**{"sweep.lr": (1e-3, 1e30), "sweep.train_fracs": (0.5,)})
   workdir = sweep.run_sweep(cfg, tmp_path / "mixed", progress=False)
@@ -125,6 +129,7 @@ def test_one_diverging_run_leaves_the_others_alone(tmp_path, tiny):
   assert not np.isfinite(mixed[-1]["train_loss"][2:]).any()
 
 
+@pytest.mark.slow
 def test_load_run_round_trip(tmp_path, tiny):
   workdir = sweep.run_sweep(tiny(), tmp_path / "w", progress=False)
   records = logs.read_metrics(workdir / "metrics.msgpack")

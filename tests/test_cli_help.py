@@ -42,6 +42,7 @@ def test_help_exits_0_and_lists_the_flags(name):
   _assert_lists(out.stdout, _flags_of(name))
 
 
+@pytest.mark.slow
 def test_helpfull_and_short_spellings_exit_0():
   # train.py rewrites its argv (--train-frac -> --train_frac) before absl parses it.
   full = run_script("train", "--helpfull")

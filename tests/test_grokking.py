@@ -3,11 +3,14 @@
 import runpy
 from pathlib import Path
 
+import pytest
+
 from grokjax import analysis, logs, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_quick_config_groks(tmp_path):
   cfg = runpy.run_path(str(ROOT / "configs" / "quick.py"))["get_config"]()
   workdir = sweep.run_sweep(cfg, tmp_path / "quick", progress=False)

@@ -134,6 +134,7 @@ def test_missing_library_is_a_user_error(monkeypatch, tmp_path, key, module):
     integrations.make_writer(logging_config(**{key: True}), RUNS, tmp_path)
 
 
+@pytest.mark.slow
 def test_sweep_logs_every_record(fake_wandb, fake_tbx, tmp_path, tiny):
   cfg = tiny(**{"log.wandb": True, "log.tensorboard": True})
   workdir = sweep.run_sweep(cfg, tmp_path / "run", progress=False)

@@ -99,6 +99,7 @@ def trained(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_write_figures(trained):
   paths = report.write_measures(rundir.load(trained))
   names = sorted(p.name for p in paths)

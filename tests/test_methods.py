@@ -108,6 +108,7 @@ def test_mlp_model():
   assert model.apply({"params": params}, tokens).shape == (2, 7)
 
 
+@pytest.mark.slow
 def test_variants_side_by_side(tmp_path, tiny):
   names = tuple(config.VARIANTS)
   cfg = tiny(
@@ -149,6 +150,7 @@ def test_variants_side_by_side(tmp_path, tiny):
     np.testing.assert_allclose(a["val_loss"][:2], b["val_loss"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_init_scale_and_norm_target(tmp_path, tiny):
   cfg = tiny(
     **{

@@ -9,6 +9,7 @@ from grokjax.data import make_table
 from grokjax.errors import UserError
 
 
+@pytest.mark.slow
 def test_paper_model_size_and_shapes():
   table = make_table("div", 97)
   model = model_lib.make_model(default_config().model, table.vocab_size, table.n)
@@ -18,6 +19,7 @@ def test_paper_model_size_and_shapes():
   assert model.apply({"params": params}, table.inputs[:5]).shape == (5, 97)
 
 
+@pytest.mark.slow
 def test_last_position_block_equals_full_causal_block():
   block_full = model_lib.Block(width=32, num_heads=4)
   block_last = model_lib.Block(width=32, num_heads=4, last_only=True)
@@ -39,6 +41,7 @@ def test_causal_mask_hides_later_positions():
   )
 
 
+@pytest.mark.slow
 def test_answer_depends_on_both_operands():
   table = make_table("add", 7)
   cfg = default_config().model

@@ -29,6 +29,7 @@ def test_committed_with_outputs(notebook):
   assert len(images) >= 3 and all(len(o["data"]["image/png"]) < 300_000 for o in images)
 
 
+@pytest.mark.slow
 def test_notebook_runs(notebook, tmp_path, monkeypatch):
   import matplotlib
 

@@ -24,6 +24,7 @@ def lines_of(ax, min_width=0.0):
   return [line for line in ax.get_lines() if line.get_linewidth() >= min_width]
 
 
+@pytest.mark.slow
 def test_write_figures_into_run_dir(tmp_path):
   run_dir = make_run_dir(tmp_path / "sweep")
   paths = plots.write_figures(rundir.load(run_dir))

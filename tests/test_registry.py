@@ -91,6 +91,7 @@ def test_register_refuses_clashes(scratch):
   scratch.register(Method("orthograd"), replace=True)  # allowed when asked for
 
 
+@pytest.mark.slow
 def test_a_user_method_is_one_declaration(scratch, tiny, tmp_path):
   scratch.register(
     Method(
@@ -114,6 +115,7 @@ def test_a_user_method_is_one_declaration(scratch, tiny, tmp_path):
   np.testing.assert_allclose(last["train_loss"][:2], last["train_loss"][2:], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_separate_and_static_settings_train_in_programs_of_their_own(tiny, tmp_path, caplog):
   cfg = tiny(
     **{
@@ -147,6 +149,7 @@ def test_separate_and_static_settings_train_in_programs_of_their_own(tiny, tmp_p
   assert all(len(r["val_acc"]) == 8 and np.isfinite(r["val_acc"]).all() for r in records)
 
 
+@pytest.mark.slow
 def test_models_of_one_sweep_log_their_own_module_norms(tiny, tmp_path):
   cfg = tiny(
     **{"sweep.train_fracs": (0.5,), "sweep.seeds": (0,), "sweep.model": ("transformer", "mlp")}

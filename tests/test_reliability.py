@@ -99,6 +99,7 @@ def test_a_second_process_is_refused_and_the_log_stays_clean(tmp_path):
   assert not (workdir / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, tiny):
   workdir = tmp_path / "run"
   workdir.mkdir()
@@ -111,6 +112,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, tiny):
 # --- every run diverging ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_every_run_diverges_finishes_with_its_table_and_figures(tmp_path):
   out = cli("--config", TINY, "--workdir", tmp_path / "run", "--config.optim.lr=1e6")
   assert out.returncode == 0, out.stderr[-2000:]
@@ -134,6 +136,7 @@ def test_an_infinite_learning_rate_is_refused(tmp_path):
 # --- damaged files ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_bad_byte_in_the_middle_of_the_log_costs_one_record(finished, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(finished, run)
@@ -154,6 +157,7 @@ def test_a_bad_byte_in_the_middle_of_the_log_costs_one_record(finished, tmp_path
   assert (run / "metrics.msgpack").read_bytes()[:a] == raw[:a]
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one(finished, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(finished, run)
@@ -172,6 +176,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one(finished, tmp_pa
 # --- errors leave the run directory as it was ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_finished_sweep_without_its_log_exits_2_and_changes_nothing(finished, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(finished, run)
@@ -189,6 +194,7 @@ def test_a_finished_sweep_without_its_log_exits_2_and_changes_nothing(finished, 
     (lambda run: None, ["--reconfigure"]),  # another sweep's settings (steps=60 below)
   ],
 )
+@pytest.mark.slow
 def test_bad_run_directories_are_refused_unchanged(finished, tmp_path, breakage, words):
   run = tmp_path / "run"
   shutil.copytree(finished, run)
@@ -198,6 +204,7 @@ def test_bad_run_directories_are_refused_unchanged(finished, tmp_path, breakage,
   assert snapshot(run) == before
 
 
+@pytest.mark.slow
 def test_reconfigure_below_the_trained_steps_is_refused(finished, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(finished, run)
@@ -256,6 +263,7 @@ def test_plot_before_the_first_evaluation_makes_no_folder(tmp_path):
 # --- a full disk, Ctrl-C ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_message_and_the_same_command_resumes(tmp_path, tiny, monkeypatch):
   ref = sweep.run_sweep(tiny(), tmp_path / "ref", progress=False)
   calls = []

@@ -37,6 +37,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_sweep_equals_unsharded(tmp_path, tiny):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
   script = SCRIPT.format(tests=str(ROOT), workdir=str(tmp_path / "sharded"))
@@ -59,6 +60,7 @@ def test_sharded_sweep_equals_unsharded(tmp_path, tiny):
       np.testing.assert_allclose(ra[name], rb[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path, tiny):
   # experiments/sweep.py --distributed, as on two hosts: 2 processes x 2 CPU devices,
   # 3 runs (padded to 4), one workdir. Metrics and checkpoints equal one process's.

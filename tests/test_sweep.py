@@ -68,6 +68,7 @@ def test_run_directory(finished):
   assert "run directory" in out.stdout and "train>=thr" in out.stdout  # the results table
 
 
+@pytest.mark.slow
 def test_finished_sweep_says_so(finished):
   workdir, _ = finished
   before = snapshot(workdir)
@@ -102,6 +103,7 @@ def test_workdir_of_another_sweep_is_refused(finished):
     (["extra_arg"], "unexpected arguments"),
   ],
 )
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(tmp_path, flags, message):
   workdir = tmp_path / "w"
   out = sweep_cli("--config", TINY, "--workdir", str(workdir), *flags)
@@ -124,6 +126,7 @@ def test_non_sweep_directory_is_refused(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_one_compilation_for_the_whole_sweep(tmp_path, tiny, caplog):
   # Log-spaced evaluation: chunks of many different lengths, two train fractions.
   import jax
@@ -143,6 +146,7 @@ def test_one_compilation_for_the_whole_sweep(tmp_path, tiny, caplog):
   assert len(set(np.diff(steps))) > 3  # the chunks really had different lengths
 
 
+@pytest.mark.slow
 def test_several_operations_in_one_program(tmp_path, tiny):
   from grokjax import sweep
 
@@ -163,6 +167,7 @@ def test_several_operations_in_one_program(tmp_path, tiny):
         np.testing.assert_allclose(m[name][4 * i : 4 * i + 4], a[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ops_flag_parses_a_comma_list(tmp_path):
   out = sweep_cli(
     "--config",

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from grokjax import methods, optim, sweep, train
 
@@ -24,6 +25,7 @@ def _initial_run(s, prog, table, k):
   return _subset(runs, k), jax.tree.map(lambda x: x[k], init(table, runs).params)
 
 
+@pytest.mark.slow
 def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
   # Different fractions (so different batch sizes), seeds and learning rates.
   cfg = tiny(**{"sweep.lr": (1e-3, 3e-3)})
@@ -41,6 +43,7 @@ def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
       np.testing.assert_allclose(metrics_i[name][0], metrics[name][i], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_runs_in_groups_equal_runs_all_vmapped(tiny):
   # 4 runs in groups of 3 (lax.map over one group of 3, then the remainder of 1).
   s, prog, table = _setup(tiny(vmap_group=3))
@@ -54,6 +57,7 @@ def test_runs_in_groups_equal_runs_all_vmapped(tiny):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_chunks_compose(tiny):
   # 10 + 15 steps equal 25 steps: a chunk's length changes nothing but the eval.
   s, prog, table = _setup(tiny())
@@ -85,6 +89,7 @@ def test_batches_are_epochs_over_the_train_set(tiny):
   assert np.asarray(next_epoch[:bs]).tolist() != seen[:bs]  # reshuffled
 
 
+@pytest.mark.slow
 def test_evaluation_matches_a_direct_computation(tiny):
   s, prog, table = _setup(tiny())
   model, static = prog.static.model, prog.static._replace(eval_batch=16)
@@ -100,6 +105,7 @@ def test_evaluation_matches_a_direct_computation(tiny):
   np.testing.assert_allclose(m["param_norm"], optax.tree.norm(params), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
   s, prog, table = _setup(tiny())
   model, static = prog.static.model, prog.static._replace(eval_batch=16)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "train.py"
@@ -80,6 +81,7 @@ def check_run_dir(run_dir, n_rows, n_train, steps):
   return runs[0], records
 
 
+@pytest.mark.slow
 def test_tf_seed_example(tmp_path):
   # python -m scripts.train runs-dir --dataset cubic_polynomial --train-frac 0.5 --p 97
   #   --model transformer --learning-rate 0.001 --epochs 200 --steps-per-execution 100
@@ -122,6 +124,7 @@ def test_tf_seed_example(tmp_path):
   assert any(k.startswith("param_norm/Block_") for k in row)
 
 
+@pytest.mark.slow
 def test_taugrok_example(tmp_path):
   # python grok.py --lr=1e-4 --save-models --save-metrics --optim_steps=100000 --operation=add
   # TAUgrok's default seed is 42, grokjax's 0: the translation says --seed=42.
@@ -147,6 +150,7 @@ def test_taugrok_example(tmp_path):
   assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_aliases_resolve_to_the_same_config(tmp_path):
   same = " --weight-decay=0.5 --batch-size=64 --seed=42 --train-frac=0.3"
   commands = [
@@ -172,6 +176,7 @@ def test_aliases_resolve_to_the_same_config(tmp_path):
   assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_epochs_and_run_directories(tmp_path):
   # div mod 97: 97 * 96 rows, 4656 for training
   tf_example = "runs-dir --dataset cubic_polynomial --train-frac 0.5 --p 97 --model transformer "
@@ -205,6 +210,7 @@ def test_epochs_and_run_directories(tmp_path):
   assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_bad_flags_one_line_exit_2(tmp_path):
   cases = [
     (["--train-frac", "1.5"], "--train_frac=1.5: must be in (0, 1)"),
