@@ -15,11 +15,9 @@ import orbax.checkpoint as ocp
 
 def manager(workdir, keep: int | None = 3, create: bool = True) -> ocp.CheckpointManager:
   """The sweep's CheckpointManager over ``workdir/checkpoints`` (async saves);
-  ``keep=None`` keeps every checkpoint, ``create=False`` only reads (the folder
-  must exist)."""
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=create, read_only=not create, save_interval_steps=int(create)
-  )
+  ``keep=None`` keeps every checkpoint; ``create=False`` for reading: the folder
+  must exist, and nothing is written."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
   return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
 
 

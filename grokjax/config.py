@@ -23,7 +23,7 @@ _positive = (lambda v: v > 0, "> 0")
 # The sweep's own keys: how long, how often, how big, where the results go.
 SWEEP_KEYS = (
   Key("name", "div", "names the default workdir runs/<name>-<timestamp>"),
-  Key("op", "div", "operation (grokjax.data.OPS)", choices=lambda: (*data.OPS, *data.ALIASES)),
+  Key("op", "div", "operation: " + ", ".join(data.OPS)),  # data.canonical_op checks it
   Key("p", 97, "modulus (a prime for division); S5 ignores it", lambda v: v >= 2, ">= 2"),
   Key("steps", 100_000, "optimisation steps", *_positive),
   Key("eval_every", 100, "steps between evaluations (linear schedule)", *_positive),
@@ -313,5 +313,13 @@ def help_text() -> str:
   return "\n".join(f"  {k}={d} [{kind}] {m}" for k, d, kind, m in _rows())
 
 
-if __name__ == "__main__":  # python -m grokjax.config: the table for docs/configs.md
-  print(table_markdown())
+if __name__ == "__main__":  # python -m grokjax.config [docs/configs.md]: print or update it
+  import re
+  import sys
+
+  if len(sys.argv) < 2:
+    print(table_markdown())
+  else:
+    doc = open(sys.argv[1]).read()
+    block = re.compile(r"(<!-- config-table -->\n).*?(\n<!-- end config-table)", re.S)
+    open(sys.argv[1], "w").write(block.sub(lambda m: m[1] + table_markdown() + m[2], doc))

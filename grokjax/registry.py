@@ -69,16 +69,16 @@ class Key:
     if not ok:
       raise UserError(
         f"{where}={value!r} is not {'an' if t is int else 'a'} {t.__name__}; "
-        f"write e.g. --config.{self.path}={example}"
+        f"write e.g. --config.{where}={example}"
       )
     value = t(value)
     if t is float and not math.isfinite(value):
-      raise UserError(f"{where}={value!r} must be a finite number; fix --config.{self.path}")
+      raise UserError(f"{where}={value!r} must be a finite number; fix --config.{where}")
     options = self.options()
     if options is not None and value not in options:
       raise UserError(f"{where}={value!r} is unknown; choose one of: {', '.join(options)}")
     if self.check is not None and not self.check(value):
-      raise UserError(f"{where}={value!r} must be {self.rule}; fix --config.{self.path}")
+      raise UserError(f"{where}={value!r} must be {self.rule}; fix --config.{where}")
     return value
 
 

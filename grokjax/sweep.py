@@ -251,13 +251,14 @@ def _check_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
   """Refuses, before anything is written, a workdir that cannot hold this sweep: a
   file, one without write permission, one holding something else or another sweep,
   or a --reconfigure that would take a sweep back below the steps it has trained."""
+  longest = max(len(part.encode()) for part in workdir.absolute().parts)
+  if longest > 255:
+    raise UserError(f"--workdir holds a name of {longest} bytes; the limit is 255")
   if workdir.exists() and not workdir.is_dir():
     raise UserError(f"--workdir {workdir} is a file; give a directory (new or of this sweep)")
   existing = next((p for p in [workdir, *workdir.parents] if p.exists()), Path("."))
   if not os.access(existing, os.W_OK | os.X_OK):
     raise UserError(f"cannot write in {existing}: permission denied; choose another --workdir")
-  if len(workdir.absolute().name.encode()) > 255:
-    raise UserError(f"--workdir name is {len(workdir.name)} characters; the limit is 255")
   config_path = workdir / "config.json"
   if not config_path.exists():
     if workdir.exists() and any(p.name != lock.NAME for p in workdir.iterdir()):

@@ -17,6 +17,7 @@ LAYERS = {
   "optim": 2,
   "logs": 2,
   "checkpoint": 2,
+  "lock": 2,
   "analysis": 2,
   "integrations": 2,
   "model": 3,

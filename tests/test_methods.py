@@ -68,7 +68,7 @@ def optax_empty():
 
 
 def test_decay_towards_initial_weights():
-  tx = optim.decayed_weights(0.5, to_init=1.0, keep_init=True)
+  tx = optim.decayed_weights(0.5, to_init=True)  # static: the state holds the initial weights
   state = tx.init(PARAMS)
   moved = jax.tree.map(lambda p: p + 1.0, PARAMS)
   zeros = jax.tree.map(jnp.zeros_like, PARAMS)

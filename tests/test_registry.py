@@ -56,7 +56,7 @@ def test_every_key_is_a_config_key_a_sweep_axis_and_a_run_field(tiny):
     ({"optim.lr": -1.0}, r"optim.lr=-1.0 must be > 0; fix --config.optim.lr"),
     ({"method.grokfast_alpha": 1.5}, r"must be in \[0, 1\)"),
     ({"sweep.orthograd": (True, 1)}, r"sweep.orthograd=1 is not a bool"),
-    ({"sweep.lr": ("fast",)}, r"sweep.lr='fast' is not a float; write e.g. --config.optim.lr=0.5"),
+    ({"sweep.lr": ("fast",)}, r"sweep.lr='fast' is not a float; write e.g. --config.sweep.lr=0.5"),
     (
       {"method.loss": "hinge"},
       r"method.loss='hinge' is unknown; choose one of: softmax, stablemax",
@@ -162,7 +162,7 @@ def test_models_of_one_sweep_log_their_own_module_norms(tiny, tmp_path):
 
 def test_the_config_table_in_the_docs_is_the_declarations():
   doc = (ROOT / "docs" / "configs.md").read_text()
-  assert config.table_markdown() in doc, "regenerate: python -m grokjax.config > the table"
+  assert config.table_markdown() in doc, "regenerate: python -m grokjax.config docs/configs.md"
   for key in config.all_keys():
     assert f"`{key.path}`" in doc
 

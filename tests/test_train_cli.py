@@ -68,7 +68,8 @@ def check_run_dir(run_dir, n_rows, n_train, steps):
   assert inputs.shape == (n_rows, 4) and labels.shape == (n_rows,) and train.shape == (1, n_rows)
   assert train.sum() == n_train and val.sum() == n_rows - n_train and not (train & val).any()
   with open(run_dir / "metrics.msgpack", "rb") as f:
-    records = list(msgpack.Unpacker(f))
+    records = list(msgpack.Unpacker(f))  # readable as plain msgpack, each with its checksum
+  assert all(isinstance(r.pop("crc32"), int) for r in records)
   assert [r["step"] for r in records] == steps
   for r in records:
     assert all(len(r[m]) == 1 for m in METRICS)
