@@ -228,6 +228,15 @@ def export(rd, fmt: str, out=None) -> Path:
     raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
   rows = tidy_rows(rd)
   tmp = out.with_name(out.name + ".tmp")
+  try:
+    _write_rows(tmp, rows, fmt)
+  except OSError as e:
+    raise UserError(f"cannot write {out}: {e.strerror}; choose another --out") from None
+  tmp.replace(out)
+  return out
+
+
+def _write_rows(tmp: Path, rows: list[dict], fmt: str) -> None:
   with open(tmp, "w", newline="") as f:
     if fmt == "csv":
       writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -239,5 +248,3 @@ def export(rd, fmt: str, out=None) -> Path:
           k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
         }
         f.write(json.dumps(clean, allow_nan=False) + "\n")
-  tmp.replace(out)
-  return out

@@ -248,6 +248,32 @@ def test_bad_sweep_lists(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize(
+  "body, words",
+  [
+    ('raise RuntimeError("boom")', ["get_config() raised RuntimeError: boom", "bad.py"]),
+    ("return undefined_name", ["get_config() raised NameError", "bad.py"]),
+  ],
+)
+def test_a_config_file_that_raises_is_named_in_one_line(tmp_path, body, words):
+  (tmp_path / "bad.py").write_text(f"def get_config():\n  {body}\n")
+  one_line_error(cli("--config", tmp_path / "bad.py", "--workdir", tmp_path / "w"), *words)
+  one_line_error(
+    cli("--config", TINY, "--config.stpes=10", "--workdir", tmp_path / "w"),
+    "unknown config key 'stpes'",
+    "steps",
+  )
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_export_somewhere_unwritable(finished):
+  before = snapshot(finished)
+  out = cli(finished, "--format", "csv", "--out", "/proc/grokjax-metrics.csv", script="export")
+  one_line_error(out, "cannot write /proc/grokjax-metrics.csv")
+  assert snapshot(finished) == before
+
+
 def test_plot_before_the_first_evaluation_makes_no_folder(tmp_path):
   from grokjax import config
 
