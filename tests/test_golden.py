@@ -17,7 +17,7 @@ from shipped import CASES, metrics
 # Before the registry, variants.py trained its 21 runs in one program, vmapped in pairs
 # on CPU. Now Grokfast-MA's runs (9-11) and StableMax's (15-17) train in programs of
 # their own, so the last of each, once paired with the run before it, is vmapped
-# alone, which moves its last bits (3e-7 relative at 105 steps). Every other run of
+# alone, which moves its last bits (3e-7 relative after 105 steps). Every other run of
 # every shipped config is unchanged, bit for bit.
 REGROUPED = {"variants.py": {11, 17}}
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "shipped.json").read_text())

@@ -1,7 +1,8 @@
 """Writes tests/golden/shipped.json: the metric log of every shipped config, shrunk
 to a few steps, as the training code of the commit it runs on computes it.
 
-  python tests/golden/make_golden.py        # once, on the commit before a refactor
+  python tests/golden/make_golden.py [CASE ...]  # on the commit before a refactor; CASEs:
+                                                  # only those, merged into the file
 
 test_golden.py compares today's numbers with it (bit for bit on the same jax).
 """
@@ -20,9 +21,13 @@ import jax  # noqa: E402
 import jaxlib  # noqa: E402
 from shipped import CASES, metrics  # noqa: E402
 
+path = HERE / "shipped.json"
 out = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "cases": {}}
-for case in CASES:
+if len(sys.argv) > 1:
+  out = json.loads(path.read_text())
+  assert (out["jax"], out["jaxlib"]) == (jax.__version__, jaxlib.__version__)
+for case in sys.argv[1:] or CASES:
   with tempfile.TemporaryDirectory() as tmp:
     out["cases"][case] = metrics(case, tmp)
     print(case, len(out["cases"][case]), "records", flush=True)
-(HERE / "shipped.json").write_text(json.dumps(out))
+path.write_text(json.dumps(out))
