@@ -8,6 +8,7 @@ that take ``rd`` read its ``path``, ``runs`` and ``metrics`` (a grokjax.rundir.R
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -46,35 +47,116 @@ def first_step(steps: np.ndarray, values_TxK: np.ndarray, threshold: float) -> l
   ]
 
 
-def summarize(records: list[dict], runs: list[dict], threshold: float = 0.99) -> list[dict]:
-  """One summary per run: steps to ``threshold`` train and val accuracy, the
-  grokking delay between them, final metrics, and whether the run diverged."""
-  return summarize_arrays(as_arrays(records), runs, threshold)
+@dataclasses.dataclass(frozen=True)
+class PhaseRule:
+  """How a run's phase is decided (Liu et al. 2022): accuracy ``threshold`` (their
+  90%), and ``delay``: the largest gap between train and val reaching it, as a
+  fraction of the steps trained, that still counts as comprehension."""
+
+  threshold: float = 0.9
+  delay: float = 0.1
+
+  @classmethod
+  def of(cls, config: dict | None) -> PhaseRule:
+    """The rule of a saved config (config.json's ``phase`` section; defaults if absent)."""
+    return cls(**((config or {}).get("phase") or {}))
 
 
-def summarize_arrays(metrics: dict, runs: list[dict], threshold: float = 0.99) -> list[dict]:
-  """``summarize`` on metric arrays (``RunDir.metrics``)."""
-  m = metrics
+PHASES = ("comprehension", "grokking", "memorization", "confusion", "diverged")
+
+
+def phase(train_step, val_step, budget: int, diverged: bool, rule: PhaseRule) -> str:
+  """One run's phase from the first steps its train and val accuracy reached
+  ``rule.threshold`` (None: never) within ``budget`` steps. A run that drops below
+  again afterwards keeps the phase of when it first got there."""
+  if diverged:
+    return "diverged"
+  if train_step is None:
+    return "confusion"
+  if val_step is None:
+    return "memorization"
+  return "grokking" if val_step - train_step > rule.delay * budget else "comprehension"
+
+
+def stable(values_T: np.ndarray) -> float:
+  """The median of the last 10% of evaluations (at least one): a run's accuracy at
+  the end, not the luck of its last evaluation falling in a spike."""
+  return float(np.median(values_T[-max(1, math.ceil(0.1 * len(values_T))) :]))
+
+
+def relapses(values_T: np.ndarray, threshold: float) -> np.ndarray:
+  """Which evaluations come after the first one >= ``threshold`` and are below it
+  (NaN, a diverged run, counts as below)."""
+  hit = values_T >= threshold
+  after = np.arange(len(hit)) > (hit.argmax() if hit.any() else len(hit))
+  return after & ~hit
+
+
+def spikes(values_T: np.ndarray, threshold: float) -> tuple[float | None, int]:
+  """(fraction of the evaluations after the first one >= ``threshold`` that are
+  below it, number of drops below it followed by a recovery). The fraction is None
+  before the threshold is reached or with no evaluation after it."""
+  hit = values_T >= threshold
+  if not hit.any():
+    return None, 0
+  after = hit[hit.argmax() :]
+  frac = float(relapses(values_T, threshold).sum() / (len(after) - 1)) if len(after) > 1 else None
+  return frac, int((after[1:] & ~after[:-1]).sum())
+
+
+def summarize(records: list[dict], runs: list[dict], threshold: float = 0.99, rule=None) -> list:
+  """``summarize_arrays`` on metric records."""
+  return summarize_arrays(as_arrays(records), runs, threshold, rule)
+
+
+def summarize_arrays(
+  metrics: dict, runs: list[dict], threshold: float = 0.99, rule: PhaseRule | None = None
+) -> list[dict]:
+  """One summary per run (``RunDir.metrics`` arrays): steps to ``threshold`` train
+  and val accuracy and the delay between them; the stable accuracies (``final_*``:
+  the median of the last 10% of evaluations) and the last raw ones (``last_*``);
+  how often val fell below the threshold after first reaching it (``spike_frac``,
+  ``spikes``); whether it diverged; and its phase by ``rule`` with the steps that
+  decided it (``phase_train_step``, ``phase_val_step``, ``phase_budget``)."""
+  m, rule = metrics, rule or PhaseRule()
   if not m:
     return []
   train_at = first_step(m["step"], m["train_acc"], threshold)
   val_at = first_step(m["step"], m["val_acc"], threshold)
+  phase_train = first_step(m["step"], m["train_acc"], rule.threshold)
+  phase_val = first_step(m["step"], m["val_acc"], rule.threshold)
+  budget = int(m["step"][-1])
   out = []
   for k, run in enumerate(runs):
     t, v = train_at[k], val_at[k]
     diverged = not all(math.isfinite(x) for x in m["train_loss"][:, k])
+    spike_frac, n_spikes = spikes(m["val_acc"][:, k], threshold)
     out.append(
       dict(
         index=run["index"],
         train_step=t,
         val_step=v,
         delay=None if t is None or v is None else v - t,
-        final_train_acc=float(m["train_acc"][-1, k]),
-        final_val_acc=float(m["val_acc"][-1, k]),
+        final_train_acc=stable(m["train_acc"][:, k]),
+        final_val_acc=stable(m["val_acc"][:, k]),
+        last_train_acc=float(m["train_acc"][-1, k]),
+        last_val_acc=float(m["val_acc"][-1, k]),
+        spike_frac=spike_frac,
+        spikes=n_spikes,
         diverged=diverged,
+        phase=phase(phase_train[k], phase_val[k], budget, diverged, rule),
+        phase_train_step=phase_train[k],
+        phase_val_step=phase_val[k],
+        phase_budget=budget,
       )
     )
   return out
+
+
+def summary(rd, threshold: float | None = None) -> list[dict]:
+  """``summarize_arrays`` of a run directory, by its config's threshold and phase rule."""
+  threshold = rd.threshold if threshold is None else threshold
+  return summarize_arrays(rd.metrics, rd.runs, threshold, PhaseRule.of(rd.config))
 
 
 def setting(run: dict, exclude=SEED_FIELDS) -> dict:
@@ -124,16 +206,72 @@ def _isnan(v) -> bool:
   return isinstance(v, float) and math.isnan(v)
 
 
-STAT_FIELDS = ("train_step", "val_step", "delay", "final_train_acc", "final_val_acc")
+STAT_FIELDS = ("train_step", "val_step", "delay", "final_train_acc", "final_val_acc", "spikes")
+
+
+def majority(phases: list[str]) -> tuple[str, float]:
+  """The most common phase of a setting's seeds (ties: the earlier in PHASES) and
+  the fraction of seeds in it."""
+  top = max(PHASES, key=lambda ph: (phases.count(ph), -PHASES.index(ph)))
+  return top, phases.count(top) / len(phases)
 
 
 def group_summary(summary: list[dict], runs: list[dict], exclude=SEED_FIELDS) -> list[dict]:
   """Per setting (runs grouped over ``exclude``): the ``spread`` over its seeds of
-  the steps to threshold, the delay and the final accuracies."""
+  the steps to threshold, the delay, the stable accuracies and the spike count, and
+  its phase (the seeds' majority, ``phase_agree`` the fraction that agree)."""
   out = []
   for key, members in group_runs(runs, exclude):
     stats = {f: spread([summary[k][f] for k in members]) for f in STAT_FIELDS}
-    out.append(dict(setting=key, runs=[runs[k]["index"] for k in members], **stats))
+    top, agree = majority([summary[k]["phase"] for k in members])
+    out.append(
+      dict(
+        setting=key, runs=[runs[k]["index"] for k in members], **stats, phase=top, phase_agree=agree
+      )
+    )
+  return out
+
+
+def grid_axes(runs: list[dict]) -> tuple[str, str] | None:
+  """The two numeric fields a sweep varies apart from seeds (x, y), for a phase
+  diagram; None unless there are exactly two."""
+  fields = varying([setting(r) for r in runs])
+  numeric = lambda f: all(
+    isinstance(r.get(f), int | float) and not isinstance(r.get(f), bool) for r in runs
+  )
+  return tuple(fields) if len(fields) == 2 and all(map(numeric, fields)) else None
+
+
+def phase_grid(summary: list[dict], runs: list[dict], x: str, y: str) -> dict:
+  """The settings of an x-by-y sweep as [len(ys), len(xs)] arrays: the seeds'
+  majority ``phase`` (index into PHASES, -1 for a missing cell), the fraction of
+  seeds that agree, and the median steps to the threshold (val) and grokking delay
+  over the seeds that got there (NaN if fewer than half did)."""
+  xs = sorted({r[x] for r in runs})
+  ys = sorted({r[y] for r in runs})
+  shape = (len(ys), len(xs))
+  out = dict(
+    xs=xs,
+    ys=ys,
+    phase=np.full(shape, -1),
+    agree=np.zeros(shape),
+    val_step=np.full(shape, np.nan),
+    delay=np.full(shape, np.nan),
+    seeds=np.zeros(shape, int),
+  )
+  cells: dict[tuple, list[int]] = {}
+  for k, r in enumerate(runs):
+    cells.setdefault((ys.index(r[y]), xs.index(r[x])), []).append(k)
+  for cell, members in cells.items():
+    top, agree = majority([summary[k]["phase"] for k in members])
+    out["phase"][cell], out["agree"][cell], out["seeds"][cell] = (
+      PHASES.index(top),
+      agree,
+      len(members),
+    )
+    for f in ("val_step", "delay"):
+      median = spread([summary[k][f] for k in members])["median"]
+      out[f][cell] = np.nan if median is None else median
   return out
 
 
@@ -154,36 +292,37 @@ def swept(runs: list[dict]) -> list[str]:
   return [f for f in fields if f != "split_seed" or apart]
 
 
+RESULT_COLUMNS = ("train>=thr", "val>=thr", "delay", "train_acc", "val_acc", "spikes")
+
+
 def table(summary: list[dict], runs: list[dict], swept: list[str]) -> str:
   """A plain-text table of per-run results, one line per run; then, when a setting
-  has several seeds, one line per setting: median (min-max) over its seeds."""
-  head = ["run", *swept, "train>=thr", "val>=thr", "delay", "val_acc"]
+  has several seeds, one line per setting: median (min-max) over its seeds.
+
+  ``train_acc``/``val_acc`` are the stable accuracies (median of the last 10% of
+  evaluations); ``spikes`` counts val's drops below the threshold after first
+  reaching it that recovered, with the share of later evaluations below it."""
+  fmt = lambda x: "never" if x is None else str(x)
   rows = []
   for s, r in zip(summary, runs):
-    fmt = lambda x: "never" if x is None else str(x)
-    val = "diverged" if s["diverged"] else f"{s['final_val_acc']:.3f}"
-    rows.append(
-      [
-        str(r["index"]),
-        *(str(r[k]) for k in swept),
-        fmt(s["train_step"]),
-        fmt(s["val_step"]),
-        fmt(s["delay"]),
-        val,
-      ]
-    )
-  text = _columns([head, *rows])
+    spike = str(s["spikes"]) + (f" ({s['spike_frac']:.0%})" if s["spike_frac"] else "")
+    accs = ["diverged"] * 2 if s["diverged"] else [f"{s[f]:.3f}" for f in _ACCS]
+    steps = [fmt(s[f]) for f in ("train_step", "val_step", "delay")]
+    rows.append([str(r["index"]), *(str(r[k]) for k in swept), *steps, *accs, spike, s["phase"]])
+  text = _columns([["run", *swept, *RESULT_COLUMNS, "phase"], *rows])
   groups = group_summary(summary, runs)
   if summary and max(len(g["runs"]) for g in groups) > 1:
     fields = [f for f in swept if f not in SEED_FIELDS]
-    head = [*(fields or ["setting"]), "seeds", "train>=thr", "val>=thr", "delay", "val_acc"]
+    head = [*(fields or ["setting"]), "seeds", *RESULT_COLUMNS, "phase"]
     rows = [
       [
         *(str(g["setting"][f]) for f in fields or []),
         *([] if fields else ["all"]),
         str(len(g["runs"])),
         *(_fmt_spread(g[f]) for f in ("train_step", "val_step", "delay")),
-        _fmt_spread(g["final_val_acc"], 3),
+        *(_fmt_spread(g[f], 3) for f in _ACCS),
+        _fmt_spread(g["spikes"]),
+        g["phase"] + ("" if g["phase_agree"] == 1 else f" ({g['phase_agree']:.0%})"),
       ]
       for g in groups
     ]
@@ -191,20 +330,37 @@ def table(summary: list[dict], runs: list[dict], swept: list[str]) -> str:
   return text
 
 
+_ACCS = ("final_train_acc", "final_val_acc")
+
+
 def _columns(lines: list[list[str]]) -> str:
   widths = [max(len(x) for x in col) for col in zip(*lines)]
   return "\n".join("  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in lines)
 
 
+# A run's results (``summary``) that every row of its export repeats.
+RUN_RESULTS = (
+  "phase",
+  "phase_train_step",
+  "phase_val_step",
+  "final_train_acc",
+  "final_val_acc",
+  "spike_frac",
+  "spikes",
+)
+
+
 def tidy_rows(rd) -> list[dict]:
   """The metric log as a tidy table: one row per run per evaluation point, holding
-  the run's runs.json entry, the step and every metric. Rows go run by run."""
+  the run's runs.json entry, its results (``RUN_RESULTS``: phase, stable
+  accuracies, spikes), the step and every metric. Rows go run by run."""
   if not rd.metrics:
     return []
   names = [k for k in rd.metrics if k != "step"]
   steps = rd.metrics["step"].tolist()
+  results = [{f: s[f] for f in RUN_RESULTS} for s in summary(rd)]
   return [
-    {**run, "step": step, **{m: float(rd.metrics[m][t, k]) for m in names}}
+    {**run, **results[k], "step": step, **{m: float(rd.metrics[m][t, k]) for m in names}}
     for k, run in enumerate(rd.runs)
     for t, step in enumerate(steps)
   ]

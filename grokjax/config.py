@@ -51,9 +51,19 @@ SWEEP_KEYS = (
   Key(
     "vmap_group",
     0,
-    "runs vmapped together, groups one after another; 0: auto",
+    "G > 0: exact mode, every run computed in a vmap group of exactly G runs (padded), so "
+    "its numbers do not depend on K, the device count or its neighbours; 0: auto (CPU: exact, "
+    "G = max(1, min(4, 256 // batch)); accelerator: all runs of a device in one vmap, fastest, "
+    "last bits change with K)",
     lambda v: v >= 0,
-    ">= 0 (0: automatic)",
+    ">= 0",
+  ),
+  Key(
+    "compute_dtype",
+    "float32",
+    "dtype of the training forward/backward (matmuls, activations); parameters, optimizer "
+    "state and evaluation stay float32",
+    choices=("float32", "bfloat16"),
   ),
   Key("eval_float64", False, "also log float64 losses and the softmax-collapse fraction"),
   Key(
@@ -62,6 +72,20 @@ SWEEP_KEYS = (
     "summary: first step with accuracy >= threshold",
     lambda v: 0 < v <= 1,
     "in (0, 1]",
+  ),
+  Key(
+    "phase.threshold",
+    0.9,
+    "phase: accuracy that counts as reached (Liu et al.: 90%)",
+    lambda v: 0 < v <= 1,
+    "in (0, 1]",
+  ),
+  Key(
+    "phase.delay",
+    0.1,
+    "phase: grokking if val reaches it later than train by this fraction of the steps",
+    lambda v: 0 <= v < 1,
+    "in [0, 1)",
   ),
   Key("interp", False, "report the progress measures (grokjax.interp) after the sweep"),
   Key(

@@ -1,6 +1,7 @@
 """The built-in optimizer, methods and losses, each declared once (grokjax.registry).
 
-- ``adamw``: the paper's AdamW with linear warmup; ``optim.decoupled=False`` is Adam
+- ``adamw``: the paper's AdamW with linear warmup (then constant, or a cosine to a
+  floor: ``optim.schedule``); ``optim.decoupled=False`` is Adam
   with an L2 term (torch.optim.Adam's weight_decay, which Grokfast uses);
   ``method.decay_to_init`` decays towards the initial weights (openai/grok's to_init);
 - ``init_scale``: the initial parameters times alpha (Omnigrok);
@@ -29,13 +30,31 @@ from grokjax.registry import Key, Loss, Method, Optimizer, register
 positive, non_negative = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
 
 
-def adamw(filters, lr, weight_decay, b1, b2, warmup_steps, decoupled, decay_to_init):
+def adamw(
+  filters,
+  lr,
+  weight_decay,
+  eps,
+  lr_floor,
+  b1,
+  b2,
+  warmup_steps,
+  schedule,
+  decay_steps,
+  decoupled,
+  decay_to_init,
+):
   """The filters, then Adam scaling and decoupled weight decay (AdamW) or, not
-  ``decoupled``, an L2 term and then Adam scaling; times -lr and the warmup."""
+  ``decoupled``, an L2 term and then Adam scaling; times -lr, the warmup and, with
+  ``schedule="cosine"``, a cosine to ``lr_floor`` x lr over ``decay_steps``."""
   decay = optim.decayed_weights(weight_decay, decay_to_init)
-  adam = optax.scale_by_adam(b1, b2)
+  adam = optax.scale_by_adam(b1, b2, eps)
   parts = [*filters, *([adam, decay] if decoupled else [decay, adam]), optax.scale(-lr)]
-  return optax.chain(optax.chain(*parts), optax.scale_by_schedule(optim.warmup(warmup_steps)))
+  scale = optim.warmup(warmup_steps)
+  if schedule == "cosine":
+    anneal = optim.cosine_after(warmup_steps, decay_steps, lr_floor)
+    scale = lambda count, up=scale: up(count) * anneal(count)
+  return optax.chain(optax.chain(*parts), optax.scale_by_schedule(scale))
 
 
 register(
@@ -44,9 +63,36 @@ register(
     (
       Key("optim.lr", 1e-3, "learning rate", *positive, per_run=True),
       Key("optim.weight_decay", 1.0, "weight decay", *non_negative, per_run=True),
+      Key(
+        "optim.eps",
+        1e-8,
+        "Adam epsilon (larger calms the slingshot spikes, Thilak et al. 2022)",
+        *positive,
+        per_run=True,
+      ),
+      Key(
+        "optim.lr_floor",
+        0.1,
+        "cosine schedule: the final lr, a fraction of lr (openai/grok: 0.1)",
+        lambda v: 0 <= v <= 1,
+        "in [0, 1]",
+        per_run=True,
+      ),
       Key("optim.b1", 0.9, "Adam beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
       Key("optim.b2", 0.98, "Adam beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
       Key("optim.warmup_steps", 10, "linear warmup over this many updates", *non_negative),
+      Key(
+        "optim.schedule",
+        "constant",
+        "lr after warmup: the paper's constant, or openai/grok's cosine (--anneal_lr)",
+        choices=("constant", "cosine"),
+      ),
+      Key(
+        "optim.decay_steps",
+        100_000,
+        "cosine schedule: updates from the end of warmup to the floor",
+        *positive,
+      ),
       Key("optim.decoupled", True, "AdamW; False: Adam with L2 (torch.optim.Adam)"),
       Key("method.decay_to_init", False, "decay towards the initial weights, not zero"),
     ),

@@ -19,6 +19,18 @@ def warmup(warmup_steps: int) -> optax.Schedule:
   return lambda count: jnp.minimum(1.0, (count + 1) / max(warmup_steps, 1))
 
 
+def cosine_after(warmup_steps: int, decay_steps: int, floor) -> optax.Schedule:
+  """1 until ``warmup_steps``, then a cosine from 1 to ``floor`` (may be traced)
+  over ``decay_steps`` updates, then ``floor``: openai/grok's ``--anneal_lr``
+  (its floor: 0.1)."""
+
+  def schedule(count):
+    t = jnp.clip((count - warmup_steps) / max(decay_steps, 1), 0.0, 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + jnp.cos(jnp.pi * t))
+
+  return schedule
+
+
 class DecayState(NamedTuple):
   init_params: optax.Params | None  # the initial weights, when decaying towards them
 

@@ -2,7 +2,8 @@
 
 ``curves`` (Fig. 1 style: accuracy and loss vs steps, one panel per setting),
 ``steps_to_threshold`` (Fig. 2 style: steps until 99% vs training-data fraction),
-``weight_norm``, ``variants`` (methods side by side) and the progress-measure figures
+``weight_norm``, ``variants`` (methods side by side), ``phase_diagram`` (phases
+over two swept axes) and the progress-measure figures
 ``interp_spectrum``, ``interp_measures``, ``interp_circle``; ``write_figures`` and
 ``write_interp_figures`` save them into RUN_DIR/figures/.
 
@@ -24,6 +25,7 @@ from grokjax.rundir import RunDir
 DPI = 100  # PNG resolution: a 5-panel figure is ~1500 px wide
 MAX_COLS = 5  # panels per row before wrapping
 TRAIN, VAL, NORM, SEED_ALPHA = "#1f77b4", "#d62728", "#2ca02c", 0.35
+SPIKE = "#8b0000"  # val accuracy below the threshold after first reaching it
 
 OP_LABELS = {
   "add": "x + y",
@@ -155,7 +157,8 @@ def _legend(fig, entries, handles=(), labels=(), ncol=None):
 def curves(rd: RunDir, threshold: float | None = None):
   """Fig. 1 style: train and val accuracy (top row) and loss (bottom row) vs
   optimisation steps on a log axis, one column per setting; seeds as thin lines,
-  their median bold. Returns the Figure."""
+  their median bold; triangles mark val evaluations below the threshold after a run
+  first reached it (spikes), and each title counts the spikes. Returns the Figure."""
   threshold = rd.threshold if threshold is None else threshold
   keep = _positive_steps(rd)
   steps, m = rd.metrics["step"][keep], {k: v[keep] for k, v in rd.metrics.items()}
@@ -170,7 +173,14 @@ def curves(rd: RunDir, threshold: float | None = None):
       _seeds_and_median(acc, steps, m[f"{name}_acc"][:, idx], color, scale=100)
       _seeds_and_median(loss, steps, m[f"{name}_loss"][:, idx], color)
     acc.axhline(100 * threshold, color="0.4", ls=":", lw=0.8)
-    acc.set_title(title, fontsize=10)
+    n_spikes = 0
+    for k in idx:  # val below the threshold after first reaching it: a spike, not a miss
+      below = analysis.relapses(m["val_acc"][:, k], threshold)
+      if below.any():
+        acc.plot(steps[below], 100 * np.nan_to_num(m["val_acc"][below, k]), "v", c=SPIKE, ms=4)
+      n_spikes += analysis.spikes(m["val_acc"][:, k], threshold)[1]
+    plural = "s" if n_spikes > 1 else ""
+    acc.set_title(title + (f"\n{n_spikes} spike{plural}" if n_spikes else ""), fontsize=10)
     acc.set_ylim(-2, 102)
     losses = np.stack([m["train_loss"][:, idx], m["val_loss"][:, idx]])
     if not np.isfinite(losses[:, -1]).any():  # every run of the panel diverged
@@ -194,7 +204,12 @@ def curves(rd: RunDir, threshold: float | None = None):
       (f"median of {_seeds(rd.runs)}", dict(color="0.3", lw=2)),
       ("single seed", dict(color="0.5", lw=0.7, alpha=0.6)),
       (f"{100 * threshold:g}% accuracy", dict(color="0.4", ls=":", lw=0.8)),
+      (
+        f"val < {100 * threshold:g}% after first reaching it",
+        dict(color=SPIKE, marker="v", ls="", ms=4),
+      ),
     ],
+    ncol=3,
   )
   return fig
 
@@ -496,6 +511,100 @@ def interp_circle(rd, m, j: int, s: dict):
   return fig
 
 
+PHASE_COLORS = {
+  "comprehension": "#2ca02c",
+  "grokking": "#1f77b4",
+  "memorization": "#ff7f0e",
+  "confusion": "#bbbbbb",
+  "diverged": "#333333",
+}
+
+
+def _edges(values: list) -> tuple[np.ndarray, bool]:
+  """Cell edges around sorted axis values, and whether the axis is logarithmic
+  (positive values whose ratios vary less than their differences do)."""
+  v = np.asarray(values, float)
+  log = bool(
+    len(v) > 2 and (v > 0).all() and np.ptp(np.diff(np.log(v))) < np.ptp(np.diff(v)) / v[0]
+  )
+  u = np.log(v) if log else v
+  step = np.diff(u) if len(u) > 1 else np.ones(1)
+  mid = (u[:-1] + u[1:]) / 2
+  edges = np.concatenate([[u[0] - step[0] / 2], mid, [u[-1] + step[-1] / 2]])
+  return (np.exp(edges) if log else edges), log
+
+
+def phase_diagram(rd: RunDir, threshold: float | None = None):
+  """Liu et al.'s phase diagram over the sweep's two swept axes: one cell per
+  setting coloured by its phase (the majority over seeds; hatched, with the share
+  that agrees, where seeds disagree), and beside it heat maps of log10 steps until
+  val accuracy >= threshold and of the grokking delay (median over seeds; grey:
+  fewer than half got there). Returns the Figure."""
+  from matplotlib.colors import ListedColormap
+  from matplotlib.patches import Patch
+
+  threshold = rd.threshold if threshold is None else threshold
+  analysis.require_metrics(rd)
+  axes_ = analysis.grid_axes(rd.runs)
+  if axes_ is None:
+    raise UserError(
+      "a phase diagram needs a sweep over exactly two numeric axes besides seeds (e.g. "
+      "sweep.lr x sweep.weight_decay); this one varies "
+      + (", ".join(analysis.varying([analysis.setting(r) for r in rd.runs])) or "nothing")
+    )
+  x, y = axes_
+  summary = analysis.summary(rd, threshold)
+  g = analysis.phase_grid(summary, rd.runs, x, y)
+  (xe, xlog), (ye, ylog) = _edges(g["xs"]), _edges(g["ys"])
+  fig = _figure(15, 4.6)
+  axes = fig.subplots(1, 3)
+  phases = list(PHASE_COLORS)
+  cmap = ListedColormap(list(PHASE_COLORS.values()))
+  cmap.set_under("white")
+  axes[0].pcolormesh(xe, ye, g["phase"], cmap=cmap, vmin=0, vmax=len(phases), edgecolors="w")
+  centre = lambda e, log: np.sqrt(e[:-1] * e[1:]) if log else (e[:-1] + e[1:]) / 2
+  xc, yc = centre(xe, xlog), centre(ye, ylog)
+  for (i, j), agree in np.ndenumerate(g["agree"]):
+    if 0 < agree < 1:  # the seeds disagree: hatched, with the majority's share
+      axes[0].fill_between(
+        xe[j : j + 2], ye[i], ye[i + 1], hatch="///", facecolor="none", edgecolor="w", lw=0
+      )
+      axes[0].text(xc[j], yc[i], f"{agree:.0%}", ha="center", va="center", fontsize=8)
+  axes[0].set_title(f"phase (majority of {_seeds(rd.runs)})", fontsize=10)
+  rule = analysis.PhaseRule.of(rd.config)
+  for ax, field, title in (
+    (axes[1], "val_step", f"log10 steps until val ≥ {100 * threshold:g}%"),
+    (axes[2], "delay", f"log10 grokking delay (val − train, ≥ {100 * threshold:g}%)"),
+  ):
+    values = np.log10(np.maximum(g[field], 1))
+    mesh = ax.pcolormesh(
+      xe, ye, np.ma.masked_invalid(values), cmap="viridis", edgecolors="w", linewidth=0.5
+    )
+    ax.set_facecolor("#dddddd")
+    fig.colorbar(mesh, ax=ax, shrink=0.85)
+    ax.set_title(title + "\n(grey: fewer than half the seeds got there)", fontsize=9)
+  for ax in axes:
+    ax.set_xscale("log" if xlog else "linear")
+    ax.set_yscale("log" if ylog else "linear")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+  fig.legend(
+    [Patch(color=c) for c in PHASE_COLORS.values()],
+    phases,
+    loc="outside lower center",
+    ncol=len(phases),
+    frameon=False,
+    fontsize=9,
+  )
+  fig.suptitle(
+    f"{sweep_label(rd)}: phases over {x} × {y}, {int(rd.metrics['step'][-1])} steps "
+    f"(reached: accuracy ≥ {100 * rule.threshold:g}%; grokking: val more than "
+    f"{100 * rule.delay:g}% of the steps after train)",
+    fontsize=10,
+  )
+  return fig
+
+
 INTERP_FIGURES = {"spectrum": interp_spectrum, "measures": interp_measures, "circle": interp_circle}
 FIGURES = {"curves": curves, "steps_to_threshold": steps_to_threshold, "weight_norm": weight_norm}
 
@@ -511,6 +620,8 @@ def write_figures(rd, out=None, threshold: float | None = None) -> list[Path]:
   figures = dict(FIGURES)
   if any("variant" in r for r in rd.runs):
     figures["variants"] = variants
+  if analysis.grid_axes(rd.runs):
+    figures["phase"] = phase_diagram
   paths = []
   for name, draw in figures.items():
     path = out / f"{name}.png"

@@ -26,7 +26,7 @@ def report(
     )
   analysis.require_metrics(rd)
   threshold = rd.threshold if threshold is None else threshold
-  summary = analysis.summarize_arrays(rd.metrics, rd.runs, threshold)
+  summary = analysis.summary(rd, threshold)
   paths = plots.write_figures(rd, out, threshold)
   if rd.config.get("interp") if measures is None else measures:
     paths += write_measures(rd, out)

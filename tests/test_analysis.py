@@ -126,8 +126,16 @@ def test_summarize_steps_delay_final(run_dir):
   assert [s["train_step"] for s in summary] == [20] * 6
   assert [s["val_step"] for s in summary] == [None, None, 500, None, 100, 200]
   assert [s["delay"] for s in summary] == [None, None, 480, None, 80, 180]
-  assert [s["final_val_acc"] for s in summary] == [0.5, 0.5, 1.0, 0.5, 1.0, 1.0]
+  # stable: the median of the last 10% of evaluations (steps 500 and 1000)
+  assert [s["final_val_acc"] for s in summary] == [0.375, 0.375, 1.0, 0.375, 1.0, 1.0]
+  assert [s["last_val_acc"] for s in summary] == [0.5, 0.5, 1.0, 0.5, 1.0, 1.0]
+  assert [s["spikes"] for s in summary] == [0] * 6
+  assert [s["spike_frac"] for s in summary] == [None, None, 0.0, None, 0.0, 0.0]
   assert not any(s["diverged"] for s in summary)
+  # at Liu et al.'s 90% and a delay of 10% of the 1,000 steps
+  phases = ["memorization"] * 2 + ["grokking", "memorization", "comprehension", "grokking"]
+  assert [s["phase"] for s in summary] == phases
+  assert [s["phase_budget"] for s in summary] == [1000] * 6
   # another threshold: the plateau's 0.25 is reached at step 500 by every run
   low = analysis.summarize_arrays(rd.metrics, rd.runs, 0.25)
   assert [s["val_step"] for s in low] == [500, 500, 500, 500, 100, 200]
@@ -195,7 +203,12 @@ def test_group_summary_medians_over_seeds(run_dir):
     (100, 200, 2),
   ]
   assert groups[2]["delay"]["median"] == 130
-  assert groups[0]["final_val_acc"]["median"] == 0.5
+  assert groups[0]["final_val_acc"]["median"] == 0.375
+  assert [(g["phase"], g["phase_agree"]) for g in groups] == [
+    ("memorization", 1.0),
+    ("grokking", 0.5),  # a tie: the phase earlier in PHASES
+    ("comprehension", 0.5),
+  ]
 
 
 def test_table_lists_runs_then_settings(run_dir):
@@ -211,9 +224,24 @@ def test_table_lists_runs_then_settings(run_dir):
     "train>=thr",
     "val>=thr",
     "delay",
+    "train_acc",
     "val_acc",
+    "spikes",
+    "phase",
   ]
-  assert lines[3].split() == ["2", "0.5", "0", "20", "500", "480", "1.000"]
+  assert lines[3].split() == [
+    "2",
+    "0.5",
+    "0",
+    "20",
+    "500",
+    "480",
+    "1.000",
+    "1.000",
+    "0",
+    "grokking",
+  ]
+  assert lines[1].split()[-3:] == ["0.375", "0", "memorization"]
   assert "median (min-max) over seeds" in text
   assert lines[-1].split() == [
     "0.7",
@@ -226,7 +254,14 @@ def test_table_lists_runs_then_settings(run_dir):
     "(80-180)",
     "1.000",
     "(1.000-1.000)",
+    "1.000",
+    "(1.000-1.000)",
+    "0",
+    "(0-0)",
+    "comprehension",
+    "(50%)",
   ]
+  assert lines[-2].split()[-2:] == ["grokking", "(50%)"]
   assert lines[-2].split()[:6] == ["0.5", "2", "20", "(20-20)", "never", "(500-never)"]
 
 
@@ -237,8 +272,10 @@ def test_tidy_rows(run_dir):
   row = rows[len(STEPS) + 3]  # run 1, fourth evaluation
   assert row["index"] == 1 and row["seed"] == 1 and row["train_frac"] == 0.3
   assert row["step"] == STEPS[3] and row["val_acc"] == rd.metrics["val_acc"][3, 1]
+  assert row["phase"] == "memorization" and row["phase_val_step"] is None
   assert list(row) == [
     *rd.runs[1],
+    *analysis.RUN_RESULTS,
     "step",
     "train_loss",
     "train_acc",
@@ -246,3 +283,88 @@ def test_tidy_rows(run_dir):
     "val_acc",
     "param_norm",
   ]
+
+
+# Phases and stability on synthetic curves: steps 0..1000 every 50 (21 evaluations).
+GRID = np.arange(0, 1001, 50)
+
+
+def _summary(train, val, loss=None):
+  """The summary of one synthetic run from its train and val accuracy curves."""
+  train, val = np.asarray(train, float), np.asarray(val, float)
+  metrics = dict(
+    step=GRID[: len(train)],
+    train_acc=train[:, None],
+    val_acc=val[:, None],
+    train_loss=(1.0 - train if loss is None else np.asarray(loss, float))[:, None],
+  )
+  return analysis.summarize_arrays(metrics, [dict(index=0)], 0.99)[0]
+
+
+def step_curve(at, n=len(GRID), low=0.1):
+  """Accuracy ``low`` until evaluation ``at`` (None: never), 1.0 from then on."""
+  return [1.0 if at is not None and t >= at else low for t in range(n)]
+
+
+@pytest.mark.parametrize(
+  "train_at, val_at, expected",
+  [
+    (1, 2, "comprehension"),  # val 50 steps after train: 5% of the budget
+    (1, 3, "comprehension"),  # 100 steps: exactly the 10% limit still counts
+    (1, 4, "grokking"),  # 150 steps: beyond it
+    (1, 20, "grokking"),  # reaches it at the very last evaluation
+    (1, None, "memorization"),
+    (None, None, "confusion"),
+  ],
+)
+def test_phase_of_each_kind(train_at, val_at, expected):
+  s = _summary(step_curve(train_at), step_curve(val_at))
+  assert s["phase"] == expected
+  assert (s["phase_train_step"], s["phase_val_step"], s["phase_budget"]) == (
+    None if train_at is None else GRID[train_at],
+    None if val_at is None else GRID[val_at],
+    1000,
+  )
+
+
+def test_phase_rule_from_config_and_threshold_edge():
+  train, val = step_curve(1), [0.1] * 10 + [0.95] * 11  # val stops at 95%
+  s = _summary(train, val)
+  assert s["phase"] == "grokking" and s["val_step"] is None  # 90% for the phase, 99% for steps
+  rule = analysis.PhaseRule.of({"phase": {"threshold": 0.96, "delay": 0.1}})
+  metrics = dict(
+    step=GRID,
+    train_acc=np.asarray(train)[:, None],
+    val_acc=np.asarray(val)[:, None],
+    train_loss=np.zeros((len(GRID), 1)),
+  )
+  assert analysis.summarize_arrays(metrics, [dict(index=0)], 0.99, rule)[0]["phase"] == (
+    "memorization"  # never evaluated at or past 96%
+  )
+  assert analysis.PhaseRule.of({}) == analysis.PhaseRule(0.9, 0.1)  # an older config.json
+  wide = analysis.PhaseRule(delay=0.5)
+  assert analysis.summarize_arrays(metrics, [dict(index=0)], 0.99, wide)[0]["phase"] == (
+    "comprehension"  # val 450 steps after train: under half the budget
+  )
+
+
+def test_diverged_run_is_its_own_phase():
+  loss = [1.0] * 10 + [float("nan")] * 11
+  val = [0.1] * 5 + [1.0] * 5 + [float("nan")] * 11  # grokked, then diverged
+  s = _summary(step_curve(1)[:10] + [float("nan")] * 11, val, loss)
+  assert s["phase"] == "diverged" and s["diverged"]
+  assert s["val_step"] == 250 and s["spikes"] == 0 and s["spike_frac"] == pytest.approx(11 / 15)
+  assert math.isnan(s["last_val_acc"]) and math.isnan(s["final_val_acc"])
+
+
+def test_spiky_run_is_grokked_with_its_spikes_counted():
+  val = [0.1] * 4 + [1.0, 1.0, 0.3, 1.0, 0.98, 0.97, 1.0, 1.0, 1.0, 0.5] + [1.0] * 7
+  s = _summary(step_curve(1), val)
+  assert s["phase"] == "grokking" and s["val_step"] == 200  # the first time it got there
+  assert s["spikes"] == 3  # 0.3, (0.98, 0.97) and 0.5: each recovered
+  assert s["spike_frac"] == pytest.approx(4 / 16)
+  assert s["final_val_acc"] == 1.0 and s["last_val_acc"] == 1.0
+  # ends in a drop: counted as below, not as a spike (it has not recovered)
+  s = _summary(step_curve(1), val[:-7] + [1.0] * 6 + [0.2])
+  assert s["spikes"] == 3 and s["spike_frac"] == pytest.approx(5 / 16)
+  assert s["last_val_acc"] == 0.2 and s["final_val_acc"] == 1.0  # median of the last 3

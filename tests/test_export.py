@@ -23,7 +23,7 @@ def test_csv_one_row_per_run_per_eval(run_dir):
   assert out == run_dir / "metrics.csv"
   with open(out, newline="") as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0]) == [*RUN_FIELDS, "step", *METRICS]
+  assert list(rows[0]) == [*RUN_FIELDS, *analysis.RUN_RESULTS, "step", *METRICS]
   assert len(rows) == 6 * len(STEPS)
   records = logs.read_metrics(run_dir / "metrics.msgpack")
   for row in rows:
@@ -48,8 +48,10 @@ def test_jsonl_with_null_for_non_finite(run_dir):
   rows = [json.loads(line) for line in lines]  # strict JSON: no NaN/Infinity tokens
   row = rows[len(STEPS) + 2]
   assert (row["index"], row["step"], row["val_loss"]) == (1, STEPS[2], None)
+  results = analysis.summary(rundir.load(run_dir))[0]
   assert rows[0] == {
     **json.loads((run_dir / "runs.json").read_text())[0],
+    **{f: results[f] for f in analysis.RUN_RESULTS},
     "step": 0,
     **{m: records[0][m][0] for m in METRICS},
   }
@@ -62,7 +64,7 @@ def test_export_cli(run_dir, tmp_path):
   assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 6 * len(STEPS)
   out = run_script("export", run_dir, "--out", tmp_path / "table.csv")  # csv by default
   assert out.returncode == 0, out.stderr
-  assert (tmp_path / "table.csv").read_text().startswith(",".join([*RUN_FIELDS, "step"]))
+  assert (tmp_path / "table.csv").read_text().startswith(",".join([*RUN_FIELDS, *analysis.RUN_RESULTS, "step"]))
 
 
 @pytest.mark.parametrize(

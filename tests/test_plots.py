@@ -8,7 +8,7 @@ import pytest
 from conftest import run_script
 from test_analysis import make_run_dir
 
-from grokjax import plots, rundir
+from grokjax import logs, plots, rundir
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +57,26 @@ def test_curves_one_column_per_setting(rd):
   for ax in fig.axes:  # step 0 is left out: a log axis cannot show it
     curves = [line for line in ax.get_lines() if line.get_linestyle() != ":"]
     assert curves and all(min(line.get_xdata()) >= 1 for line in curves)
+
+
+def test_curves_mark_spikes_apart_from_never_grokked(tmp_path):
+  run_dir = make_run_dir(tmp_path / "sweep")
+  rd = rundir.load(run_dir)
+  assert not any(
+    line.get_marker() == "v" for ax in plots.curves(rd).axes for line in ax.get_lines()
+  )
+  records = logs.read_metrics(run_dir / "metrics.msgpack")
+  records[-2]["val_acc"][4] = 0.4  # run 4 (70%, seed 0) grokked at step 100, drops at 500
+  (run_dir / "metrics.msgpack").unlink()
+  with logs.MetricWriter(run_dir / "metrics.msgpack") as w:
+    for r in records:
+      w.write(r)
+  fig = plots.curves(rundir.load(run_dir))
+  marks = [line for ax in fig.axes for line in ax.get_lines() if line.get_marker() == "v"]
+  assert len(marks) == 1 and list(marks[0].get_xdata()) == [500]
+  assert list(marks[0].get_ydata()) == [40.0]
+  assert fig.axes[2].get_title() == "70% training data\n1 spike"
+  assert fig.axes[0].get_title() == "30% training data"  # never grokked: no marks, no count
 
 
 def test_panels_wrap_after_five_columns(tmp_path):
