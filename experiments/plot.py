@@ -1,9 +1,11 @@
-"""Draw a sweep's figures: accuracy/loss curves, steps to a threshold, weight norm.
+"""Draw a sweep's figures: accuracy/loss curves, steps to a threshold, weight norm, phases.
 
   python experiments/plot.py RUN_DIR [--out DIR] [--threshold 0.99]
 
 Writes curves.png, steps_to_threshold.png and weight_norm.png into RUN_DIR/figures/
-(or --out). Works on a sweep that is still training: it plots the log so far.
+(or --out), variants.png for a sweep over methods and phase.png (the phase diagram)
+for a sweep over two numbers besides seeds, e.g. configs/phase.py's lr x weight
+decay. Works on a sweep that is still training: it plots the log so far.
 """
 
 from absl import flags

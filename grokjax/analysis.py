@@ -245,8 +245,8 @@ def grid_axes(runs: list[dict]) -> tuple[str, str] | None:
 def phase_grid(summary: list[dict], runs: list[dict], x: str, y: str) -> dict:
   """The settings of an x-by-y sweep as [len(ys), len(xs)] arrays: the seeds'
   majority ``phase`` (index into PHASES, -1 for a missing cell), the fraction of
-  seeds that agree, and the median steps to the threshold (val) and grokking delay
-  over the seeds that got there (NaN if fewer than half did)."""
+  seeds that agree, and the medians of the steps until val reached the phase
+  threshold and of the delay after train (NaN if fewer than half the seeds did)."""
   xs = sorted({r[x] for r in runs})
   ys = sorted({r[y] for r in runs})
   shape = (len(ys), len(xs))
@@ -269,8 +269,11 @@ def phase_grid(summary: list[dict], runs: list[dict], x: str, y: str) -> dict:
       agree,
       len(members),
     )
-    for f in ("val_step", "delay"):
-      median = spread([summary[k][f] for k in members])["median"]
+    val = [summary[k]["phase_val_step"] for k in members]
+    train = [summary[k]["phase_train_step"] for k in members]
+    delay = [None if v is None else v - t for v, t in zip(val, train)]
+    for f, values in (("val_step", val), ("delay", delay)):
+      median = spread(values)["median"]
       out[f][cell] = np.nan if median is None else median
   return out
 
@@ -295,13 +298,14 @@ def swept(runs: list[dict]) -> list[str]:
 RESULT_COLUMNS = ("train>=thr", "val>=thr", "delay", "train_acc", "val_acc", "spikes")
 
 
-def table(summary: list[dict], runs: list[dict], swept: list[str]) -> str:
+def table(summary: list[dict], runs: list[dict], swept: list[str], rule=None) -> str:
   """A plain-text table of per-run results, one line per run; then, when a setting
   has several seeds, one line per setting: median (min-max) over its seeds.
 
   ``train_acc``/``val_acc`` are the stable accuracies (median of the last 10% of
   evaluations); ``spikes`` counts val's drops below the threshold after first
-  reaching it that recovered, with the share of later evaluations below it."""
+  reaching it that recovered, with the share of later evaluations below it; the
+  ``phase`` is decided by ``rule`` (a PhaseRule; the default one if None)."""
   fmt = lambda x: "never" if x is None else str(x)
   rows = []
   for s, r in zip(summary, runs):
@@ -310,6 +314,12 @@ def table(summary: list[dict], runs: list[dict], swept: list[str]) -> str:
     steps = [fmt(s[f]) for f in ("train_step", "val_step", "delay")]
     rows.append([str(r["index"]), *(str(r[k]) for k in swept), *steps, *accs, spike, s["phase"]])
   text = _columns([["run", *swept, *RESULT_COLUMNS, "phase"], *rows])
+  if summary:
+    rule = rule or PhaseRule()
+    text += (
+      f"\nphase at {100 * rule.threshold:g}% accuracy (phase.threshold): grokking if val got "
+      f"there more than {100 * rule.delay:g}% of the {summary[0]['phase_budget']} steps after train"
+    )
   groups = group_summary(summary, runs)
   if summary and max(len(g["runs"]) for g in groups) > 1:
     fields = [f for f in swept if f not in SEED_FIELDS]

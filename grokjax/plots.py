@@ -24,6 +24,7 @@ from grokjax.rundir import RunDir
 
 DPI = 100  # PNG resolution: a 5-panel figure is ~1500 px wide
 MAX_COLS = 5  # panels per row before wrapping
+MAX_SERIES = 12  # steps_to_threshold's series (settings besides train fraction) at most
 TRAIN, VAL, NORM, SEED_ALPHA = "#1f77b4", "#d62728", "#2ca02c", 0.35
 SPIKE = "#8b0000"  # val accuracy below the threshold after first reaching it
 
@@ -538,12 +539,13 @@ def phase_diagram(rd: RunDir, threshold: float | None = None):
   """Liu et al.'s phase diagram over the sweep's two swept axes: one cell per
   setting coloured by its phase (the majority over seeds; hatched, with the share
   that agrees, where seeds disagree), and beside it heat maps of log10 steps until
-  val accuracy >= threshold and of the grokking delay (median over seeds; grey:
-  fewer than half got there). Returns the Figure."""
+  val accuracy reached the phase threshold and of the grokking delay (median over
+  seeds; grey: fewer than half got there). ``threshold`` is unused: the phase
+  rule's (config ``phase.threshold``) decides all three. Returns the Figure."""
   from matplotlib.colors import ListedColormap
   from matplotlib.patches import Patch
 
-  threshold = rd.threshold if threshold is None else threshold
+  del threshold
   analysis.require_metrics(rd)
   axes_ = analysis.grid_axes(rd.runs)
   if axes_ is None:
@@ -553,14 +555,13 @@ def phase_diagram(rd: RunDir, threshold: float | None = None):
       + (", ".join(analysis.varying([analysis.setting(r) for r in rd.runs])) or "nothing")
     )
   x, y = axes_
-  summary = analysis.summary(rd, threshold)
-  g = analysis.phase_grid(summary, rd.runs, x, y)
+  rule = analysis.PhaseRule.of(rd.config)
+  g = analysis.phase_grid(analysis.summary(rd), rd.runs, x, y)
   (xe, xlog), (ye, ylog) = _edges(g["xs"]), _edges(g["ys"])
   fig = _figure(15, 4.6)
   axes = fig.subplots(1, 3)
   phases = list(PHASE_COLORS)
-  cmap = ListedColormap(list(PHASE_COLORS.values()))
-  cmap.set_under("white")
+  cmap = ListedColormap(list(PHASE_COLORS.values())).with_extremes(under="white")
   axes[0].pcolormesh(xe, ye, g["phase"], cmap=cmap, vmin=0, vmax=len(phases), edgecolors="w")
   centre = lambda e, log: np.sqrt(e[:-1] * e[1:]) if log else (e[:-1] + e[1:]) / 2
   xc, yc = centre(xe, xlog), centre(ye, ylog)
@@ -570,11 +571,12 @@ def phase_diagram(rd: RunDir, threshold: float | None = None):
         xe[j : j + 2], ye[i], ye[i + 1], hatch="///", facecolor="none", edgecolor="w", lw=0
       )
       axes[0].text(xc[j], yc[i], f"{agree:.0%}", ha="center", va="center", fontsize=8)
-  axes[0].set_title(f"phase (majority of {_seeds(rd.runs)})", fontsize=10)
-  rule = analysis.PhaseRule.of(rd.config)
+  several = len(analysis.group_runs(rd.runs)) < len(rd.runs)
+  axes[0].set_title(f"phase (majority of {_seeds(rd.runs)})" if several else "phase", fontsize=10)
+  thr = f"{100 * rule.threshold:g}%"
   for ax, field, title in (
-    (axes[1], "val_step", f"log10 steps until val ≥ {100 * threshold:g}%"),
-    (axes[2], "delay", f"log10 grokking delay (val − train, ≥ {100 * threshold:g}%)"),
+    (axes[1], "val_step", f"log10 steps until val ≥ {thr}"),
+    (axes[2], "delay", f"log10 grokking delay (val − train, ≥ {thr})"),
   ):
     values = np.log10(np.maximum(g[field], 1))
     mesh = ax.pcolormesh(
@@ -582,7 +584,11 @@ def phase_diagram(rd: RunDir, threshold: float | None = None):
     )
     ax.set_facecolor("#dddddd")
     fig.colorbar(mesh, ax=ax, shrink=0.85)
-    ax.set_title(title + "\n(grey: fewer than half the seeds got there)", fontsize=9)
+    ax.set_title(
+      title
+      + ("\n(grey: fewer than half the seeds got there)" if several else "\n(grey: not reached)"),
+      fontsize=9,
+    )
   for ax in axes:
     ax.set_xscale("log" if xlog else "linear")
     ax.set_yscale("log" if ylog else "linear")
@@ -598,7 +604,7 @@ def phase_diagram(rd: RunDir, threshold: float | None = None):
   )
   fig.suptitle(
     f"{sweep_label(rd)}: phases over {x} × {y}, {int(rd.metrics['step'][-1])} steps "
-    f"(reached: accuracy ≥ {100 * rule.threshold:g}%; grokking: val more than "
+    f"(reached: accuracy ≥ {thr}; grokking: val more than "
     f"{100 * rule.delay:g}% of the steps after train)",
     fontsize=10,
   )
@@ -611,13 +617,16 @@ FIGURES = {"curves": curves, "steps_to_threshold": steps_to_threshold, "weight_n
 
 def write_figures(rd, out=None, threshold: float | None = None) -> list[Path]:
   """Draws every figure of the run directory ``rd`` (grokjax.rundir.RunDir) into
-  ``out`` (default RUN_DIR/figures/) as PNG, the methods side by side when the sweep
-  has variants; returns the paths written."""
+  ``out`` (default RUN_DIR/figures/) as PNG: ``FIGURES`` (steps to threshold only
+  with at most MAX_SERIES series), the methods side by side when the sweep has
+  variants, the phase diagram when it varies two numbers; returns the paths written."""
   if threshold is not None and not 0 < threshold <= 1:
     raise UserError(f"threshold {threshold!r} must be in (0, 1], e.g. 0.99")
   _positive_steps(rd)  # something to draw, before any folder is made
   out = _out_dir(rd, out)
   figures = dict(FIGURES)
+  if len(_panels(rd, analysis.SEED_FIELDS + ("train_frac",))) > MAX_SERIES:
+    del figures["steps_to_threshold"]  # unreadable; a grid's phase diagram says it better
   if any("variant" in r for r in rd.runs):
     figures["variants"] = variants
   if analysis.grid_axes(rd.runs):

@@ -32,7 +32,8 @@ def report(
     paths += write_measures(rd, out)
   logs.write_json_atomic(rd.path / "summary.json", summary)
   paths.append(rd.path / "summary.json")
-  return analysis.table(summary, rd.runs, analysis.swept(rd.runs)), paths
+  rule = analysis.PhaseRule.of(rd.config)
+  return analysis.table(summary, rd.runs, analysis.swept(rd.runs), rule), paths
 
 
 def write_measures(rd, out=None, max_keys: int | None = None) -> list[Path]:

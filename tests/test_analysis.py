@@ -368,3 +368,61 @@ def test_spiky_run_is_grokked_with_its_spikes_counted():
   s = _summary(step_curve(1), val[:-7] + [1.0] * 6 + [0.2])
   assert s["spikes"] == 3 and s["spike_frac"] == pytest.approx(5 / 16)
   assert s["last_val_acc"] == 0.2 and s["final_val_acc"] == 1.0  # median of the last 3
+
+
+LRS, WDS = [1e-4, 1e-3, 1e-2], [0.01, 0.1, 1.0]
+
+
+def make_grid_dir(path, steps=GRID):
+  """A synthetic lr x weight-decay sweep, 2 seeds: the smallest lr never fits
+  (confusion), weight decay 0.01 never generalises (memorization), 0.1 groks late,
+  1.0 at once (comprehension) but for seed 1 at lr 1e-3 (late: the seeds disagree)."""
+  path.mkdir(parents=True, exist_ok=True)
+  runs = [
+    dict(index=i, op="add", p=7, train_frac=0.5, lr=lr, weight_decay=wd, split_seed=s, seed=s)
+    for i, (lr, wd, s) in enumerate((a, b, c) for a in LRS for b in WDS for c in (0, 1))
+  ]
+  (path / "config.json").write_text(json.dumps(dict(op="add", p=7, steps=int(steps[-1]))))
+  (path / "runs.json").write_text(json.dumps(runs))
+  train_at, val_at = [], []
+  for r in runs:
+    t = None if r["lr"] == 1e-4 else 100
+    late = r["weight_decay"] == 0.1 or (r["lr"], r["seed"]) == (1e-3, 1)
+    v = None if t is None or r["weight_decay"] == 0.01 else (700 if late else 150)
+    train_at.append(t)
+    val_at.append(v)
+  acc = lambda at: [1.0 if at is not None and s >= at else 0.1 for s in steps]
+  with logs.MetricWriter(path / "metrics.msgpack") as w:
+    for i, step in enumerate(steps):
+      tr = [acc(a)[i] for a in train_at]
+      va = [acc(a)[i] for a in val_at]
+      w.write(
+        dict(
+          step=int(step),
+          train_loss=[1 - x for x in tr],
+          train_acc=tr,
+          val_loss=[1 - x for x in va],
+          val_acc=va,
+          param_norm=[1.0] * len(runs),
+        )
+      )
+  return path
+
+
+def test_phase_grid_over_two_axes(tmp_path):
+  rd = rundir.load(make_grid_dir(tmp_path / "grid"))
+  assert analysis.grid_axes(rd.runs) == ("lr", "weight_decay")
+  g = analysis.phase_grid(analysis.summary(rd), rd.runs, "lr", "weight_decay")
+  assert g["xs"] == LRS and g["ys"] == WDS and g["seeds"].tolist() == [[2] * 3] * 3
+  names = [[analysis.PHASES[i] for i in row] for row in g["phase"]]
+  assert names == [  # rows: weight decay 0.01, 0.1, 1.0; columns: lr
+    ["confusion", "memorization", "memorization"],
+    ["confusion", "grokking", "grokking"],
+    ["confusion", "comprehension", "comprehension"],
+  ]
+  assert g["agree"][2].tolist() == [1.0, 0.5, 1.0]  # seed 1 at lr 1e-3 grokked instead
+  assert g["val_step"][1].tolist()[1:] == [700, 700] and np.isnan(g["val_step"][0]).all()
+  assert g["delay"][2].tolist()[1:] == [(50 + 600) / 2, 50]
+  # not a grid: one axis, or three
+  assert analysis.grid_axes([{**r, "weight_decay": 1.0} for r in rd.runs]) is None
+  assert analysis.grid_axes([{**r, "b1": 0.9 + r["index"]} for r in rd.runs]) is None

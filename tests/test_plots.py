@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_script
-from test_analysis import make_run_dir
+from test_analysis import LRS, WDS, make_grid_dir, make_run_dir
 
 from grokjax import logs, plots, rundir
 from grokjax.errors import UserError
@@ -177,3 +177,35 @@ def test_sweep_imports_no_matplotlib():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
   assert out.returncode == 0, out.stderr
+
+
+def test_phase_diagram_of_a_two_axis_sweep(tmp_path):
+  path = make_grid_dir(tmp_path / "grid")
+  names = [p.name for p in plots.write_figures(rundir.load(path))]
+  assert "phase.png" in names and (path / "figures" / "phase.png").stat().st_size > 10_000
+  fig = plots.phase_diagram(rundir.load(path))
+  phase_ax, steps_ax, delay_ax = fig.axes[:3]
+  assert [ax.get_xscale() for ax in (phase_ax, steps_ax, delay_ax)] == ["log"] * 3
+  assert phase_ax.get_xlabel() == "lr" and phase_ax.get_ylabel() == "weight_decay"
+  cells = phase_ax.collections[0].get_array().reshape(len(WDS), len(LRS))
+  assert cells[0].tolist() == [3, 2, 2]  # confusion, memorization, memorization
+  assert [t.get_text() for t in phase_ax.texts] == ["50%"]  # the one cell the seeds split
+  steps = np.ma.getdata(steps_ax.collections[0].get_array()).reshape(len(WDS), len(LRS))
+  assert (
+    np.allclose(steps[1, 1:], np.log10(700)) and steps_ax.collections[0].get_array().mask[0].all()
+  )
+  legend = [t.get_text() for t in fig.legends[0].get_texts()]
+  assert legend == ["comprehension", "grokking", "memorization", "confusion", "diverged"]
+
+
+def test_steps_to_threshold_left_out_with_too_many_series(tmp_path, monkeypatch):
+  rd = rundir.load(make_grid_dir(tmp_path / "grid"))  # 9 settings of one train fraction
+  assert "steps_to_threshold.png" in [p.name for p in plots.write_figures(rd)]
+  monkeypatch.setattr(plots, "MAX_SERIES", 8)
+  assert "steps_to_threshold.png" not in [p.name for p in plots.write_figures(rd, tmp_path)]
+
+
+def test_phase_diagram_needs_two_axes(rd):
+  assert "phase.png" not in [p.name for p in plots.write_figures(rd)]
+  with pytest.raises(UserError, match="exactly two numeric axes besides seeds.*varies train_frac"):
+    plots.phase_diagram(rd)
