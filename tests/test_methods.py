@@ -181,3 +181,54 @@ def test_bad_variant_is_refused(tiny):
 
   with pytest.raises(UserError, match="unknown variant 'grokfast'"):
     sweep.build(tiny(**{"sweep.variants": ("baseline", "grokfast")}))
+
+
+def test_cosine_schedule_after_warmup():
+  """openai/grok's --anneal_lr: warmup, then a cosine from lr to lr_floor x lr over
+  decay_steps updates, then the floor."""
+  warmup, decay, floor = 10, 100, 0.1
+  values = {
+    **{k.field: k.default for k in registry.OPTIMIZERS["adamw"].keys},
+    "lr": 1.0,
+    "weight_decay": 0.0,
+    "eps": 1e-30,  # Adam's step on a constant gradient is then exactly 1 (times the schedule)
+    "warmup_steps": warmup,
+    "decay_steps": decay,
+    "lr_floor": floor,
+  }
+  params = {"w": jnp.zeros(())}
+  for schedule in ("constant", "cosine"):
+    tx = registry.OPTIMIZERS["adamw"].make([], **{**values, "schedule": schedule})
+    state, seen = tx.init(params), []
+    for _ in range(warmup + decay + 20):
+      update, state = tx.update({"w": jnp.ones(())}, state, params)
+      seen.append(-float(update["w"]))
+    t = np.arange(len(seen))
+    expected = np.minimum(1.0, (t + 1) / warmup)
+    if schedule == "cosine":
+      frac = np.clip((t - warmup) / decay, 0, 1)
+      expected = expected * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * frac)))
+    np.testing.assert_allclose(seen, expected, rtol=1e-5)
+  assert seen[-1] == pytest.approx(floor) and seen[warmup + decay // 2] == pytest.approx(0.55)
+
+
+def test_eps_and_schedule_are_sweep_axes(tiny):
+  cfg = tiny()
+  cfg.sweep.seeds, cfg.sweep.train_fracs = (0,), (0.5,)
+  cfg.sweep.eps = (1e-8, 1e-3)
+  cfg.sweep.schedule = ("constant", "cosine")
+  s = sweep.build(cfg)
+  assert [(r["eps"], r["schedule"]) for r in s.runs] == [
+    (1e-8, "constant"),
+    (1e-8, "cosine"),
+    (1e-3, "constant"),
+    (1e-3, "cosine"),
+  ]
+  assert len(s.programs) == 2  # the schedule is static: a program each; eps is per run
+  for prog in s.programs:
+    np.testing.assert_array_equal(
+      sweep.run_arrays(s, prog).hparams["eps"], np.float32([1e-8, 1e-3])
+    )
+  cfg.sweep.eps = (0.0,)
+  with pytest.raises(config.UserError, match="eps"):
+    sweep.build(cfg)
