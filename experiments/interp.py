@@ -3,8 +3,9 @@
   python experiments/interp.py RUN_DIR [--out DIR] [--max_keys N]
 
 Writes interp_run<k>_{spectrum,measures,circle}.png into RUN_DIR/figures/ (or --out)
-and the measures as RUN_DIR/interp.json. Train with configs/interp.py, which keeps
-a checkpoint every 100 steps.
+and the measures as RUN_DIR/interp.json: Nanda et al.'s restricted and excluded
+losses, key frequencies and Gini coefficients, in float64 (docs/progress_measures.md).
+Train with configs/interp.py, which keeps a checkpoint every 100 steps.
 """
 
 from absl import flags
@@ -13,7 +14,10 @@ from grokjax import cli, report, rundir
 
 _OUT = flags.DEFINE_string("out", None, "Directory for the PNGs (default RUN_DIR/figures).")
 _MAX_KEYS = flags.DEFINE_integer(
-  "max_keys", None, "Most key frequencies to look for (default half of them)."
+  "max_keys",
+  None,
+  "Most key frequencies to keep: those the most MLP neurons prefer (default: every "
+  "frequency some neuron prefers, Nanda et al.'s rule).",
 )
 
 

@@ -2,23 +2,31 @@
 measures (grokjax.registry.Measure), all pure functions of arrays.
 
 A model that groks ``x ± y mod p`` embeds the tokens on a few circles, one per key
-frequency k: token x sits at angle w_k x (w_k = 2πk/p).
+frequency k: token x sits at angle w_k x (w_k = 2πk/p); its MLP neurons each compute
+a function of one frequency of (x, y), and its logits are sums of cos w_k(x ± y − z).
 
 - ``fourier_basis(p)``: the orthonormal Fourier basis over Z_p (constant, then cos
-  and sin of w_k x for k = 1..p//2); ``freq_norms`` the norm of a [p, d] matrix
-  (the token embedding, the unembedding's columns) per frequency.
-- ``key_frequencies``: the frequencies above the largest gap of the sorted norms.
-- ``split_logits``: the logits on the full (x, y) grid split into their components
-  along cos/sin w_k(x ± y − z) for the key k (restricted) and the rest (excluded).
-- measures, per run and checkpoint (``Context`` -> scalar): the Gini coefficient of
-  the embedding's frequency norms, the restricted loss (full table), the excluded
-  loss (training rows), the total squared weight norm, the key frequencies' share.
+  and sin of w_k x for k = 1..p//2); ``component_norms`` the norm of a [p, d] matrix
+  along each basis vector, ``freq_norms`` per frequency (cos and sin together).
+- ``neuron_frequencies``: each MLP neuron's dominant frequency over the (x, y) grid
+  and the fraction of its variance that frequency explains; ``neuron_key_frequencies``
+  the distinct dominant frequencies (Nanda's key frequencies).
+- ``split_logits``: the logits on the (x, y) grid split, for every output class, into
+  their components along cos/sin w_k(x ± y) for the key k (restricted, with Nanda's
+  bias correction) and the rest (excluded).
+- ``forward``: logits, the last MLP's neuron activations and its neuron-to-logit map
+  W_L of any model whose logits come from a last Dense after an MLP.
+- measures, per run and checkpoint (``Context`` -> scalar): the restricted loss (all
+  pairs), the excluded loss (training pairs), the Gini coefficients of W_E's and
+  W_L's Fourier components, the total squared weight norm, the key frequencies' share
+  of the embedding. ``make_measure_fn`` computes them in float64.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,18 +73,27 @@ def num_frequencies(p: int) -> int:
   return p // 2 + 1
 
 
+def component_norms(m_PxD, basis_PxP=None):
+  """[p]: the L2 norm of ``m``'s component along each row of the Fourier basis (over
+  token axis 0): Nanda's ``(W_E @ fourier_basis.T).norm(dim=0)``; jnp in, jnp out."""
+  p = m_PxD.shape[0]
+  basis_PxP = fourier_basis(p) if basis_PxP is None else basis_PxP
+  return jnp.sqrt(jnp.sum(jnp.square(basis_PxP @ m_PxD), axis=1))
+
+
 def freq_norms(m_PxD, basis_PxP=None):
   """Per frequency k = 0..p//2, the L2 norm of ``m``'s Fourier components along
   token axis 0 (both cos and sin of k); jnp in, jnp out."""
   p = m_PxD.shape[0]
-  basis_PxP = fourier_basis(p) if basis_PxP is None else basis_PxP
-  sq_P = jnp.sum(jnp.square(basis_PxP @ m_PxD), axis=1)
+  sq_P = jnp.square(component_norms(m_PxD, basis_PxP))
   onehot_PxF = np.eye(num_frequencies(p))[row_frequency(p)]
   return jnp.sqrt(sq_P @ onehot_PxF)
 
 
 def gini(x):
-  """Gini coefficient of non-negative values (0: all equal, -> 1: one holds all)."""
+  """Gini coefficient of non-negative values (0: all equal, -> 1: one holds all):
+  sum_i (2i - n - 1) x_(i) / (n sum x) over the ascending x_(i), Hurley and Rickard's
+  (2009) sparsity measure, as Nanda et al. use it."""
   x = jnp.sort(jnp.asarray(x))
   n = x.shape[-1]
   i = jnp.arange(1, n + 1)
@@ -84,10 +101,11 @@ def gini(x):
 
 
 def key_frequencies(norms_F, max_keys: int | None = None) -> np.ndarray:
-  """The key frequencies of a trained model from its embedding's ``freq_norms``
-  (index = frequency; the constant is ignored): sorted by squared norm, the ones
-  above the largest ratio between neighbours among the top ``max_keys`` + 1
-  (default half the frequencies). Returns them in increasing order."""
+  """Key frequencies read off an embedding's ``freq_norms`` (index = frequency; the
+  constant is ignored): sorted by squared norm, the ones above the largest ratio
+  between neighbours among the top ``max_keys`` + 1 (default half the frequencies).
+  Increasing order. grokjax's earlier rule, kept for comparison: the measures use
+  ``neuron_key_frequencies``."""
   sq = np.square(np.asarray(norms_F, np.float64)[1:])
   order = np.argsort(-sq, kind="stable")
   top = sq[order]
@@ -104,32 +122,110 @@ def key_share(norms_F, keys) -> float:
   return float(sq[list(keys)].sum() / sq[1:].sum())
 
 
+# --- MLP neurons and key frequencies ----------------------------------------------------------
+
+
+def neuron_frequencies(acts_NxM, p: int) -> tuple[np.ndarray, np.ndarray]:
+  """Each neuron's dominant frequency and the fraction of its variance it explains
+  (Nanda et al.): the activations over the p*p grid (row x * p + y) are centred over
+  the grid, taken to the 2D Fourier basis, and frequency k explains the squared
+  coefficients whose x and y rows are both of frequency k or the constant (its
+  linear and quadratic terms). k runs over 1..p//2; the first maximum wins. A
+  neuron that never varies gets frequency 0 and fraction 0. numpy float64."""
+  acts = np.asarray(acts_NxM, np.float64).reshape(p, p, -1)
+  acts = acts - acts.mean((0, 1))
+  basis = fourier_basis(p)
+  sq = np.square(np.einsum("xym,ax,by->abm", acts, basis, basis))
+  total = sq.sum((0, 1))
+  rf = row_frequency(p)
+  frac = np.stack(
+    [sq[np.ix_(m, m)].sum((0, 1)) for m in ((rf == k) | (rf == 0) for k in range(1, p // 2 + 1))]
+  ) / np.where(total > 0, total, np.inf)
+  return np.where(total > 0, frac.argmax(0) + 1, 0), frac.max(0)
+
+
+def neuron_key_frequencies(freqs_M, max_keys: int | None = None) -> np.ndarray:
+  """Nanda's key frequencies: the distinct dominant frequencies of the neurons
+  (``neuron_frequencies``), in increasing order. With ``max_keys``, only that many:
+  those most neurons have (ties: the lower frequency)."""
+  keys, counts = np.unique(np.asarray(freqs_M)[np.asarray(freqs_M) > 0], return_counts=True)
+  if max_keys is not None and len(keys) > max_keys:
+    keys = np.sort(keys[np.argsort(-counts, kind="stable")[:max_keys]])
+  return keys
+
+
+class Forward(NamedTuple):
+  """What ``forward`` reads off one model call."""
+
+  logits: jax.Array  # [B, C]
+  neurons: jax.Array  # [B, M]: the last MLP's activations at the last position
+  w_l: jax.Array  # [M, C]: the neuron-to-logit map
+  w_u: jax.Array  # [D, C]: the kernel of the Dense that gives the logits
+
+
+def forward(model, params, inputs_BxT) -> Forward:
+  """The model's logits, its last MLP's neuron activations (the input of the last
+  ``nn.Dense`` before the one that gives the logits) and W_L, the linear map from
+  those neurons to the logits: that Dense's kernel, then every LayerNorm called
+  between it and the logits as its linear part (centring, then its scale; the
+  per-example 1/std is left out), then the logit Dense's kernel. For the pre-LN
+  transformer: W_out C diag(γ_final) W_U; Nanda's 1-layer model without LayerNorm:
+  W_out W_U."""
+  calls = []
+
+  def record(next_fun, args, kwargs, ctx):
+    out = next_fun(*args, **kwargs)
+    if ctx.method_name == "__call__" and isinstance(ctx.module, (nn.Dense, nn.LayerNorm)):
+      calls.append((ctx.module, ctx.module.variables.get("params", {}), args[0]))
+    return out
+
+  with nn.intercept_methods(record):
+    logits = model.apply({"params": params}, inputs_BxT)
+  dense = [i for i, (mod, _, _) in enumerate(calls) if isinstance(mod, nn.Dense)]
+  if len(dense) < 2 or dense[-1] != len(calls) - 1:
+    raise UserError(
+      f"{type(model).__name__} has no MLP before a final Dense giving the logits; the "
+      "progress measures need a transformer"
+    )
+  _, mlp, neurons = calls[dense[-2]]
+  w = mlp["kernel"]
+  for mod, ln, _ in calls[dense[-2] + 1 : dense[-1]]:
+    if isinstance(mod, nn.LayerNorm):
+      w = w - w.mean(-1, keepdims=True)
+      w = w * ln["scale"] if "scale" in ln else w
+  w_u = calls[dense[-1]][1]["kernel"]
+  return Forward(logits, neurons if neurons.ndim == 2 else neurons[:, -1], w @ w_u, w_u)
+
+
 # --- restricted / excluded logits --------------------------------------------------------------
 
 
 def phase_index(p: int, sign: int) -> np.ndarray:
-  """[p, p, p] int: (x + sign * y - z) mod p over the grid (x, y, z)."""
-  x, y, z = np.ix_(np.arange(p), np.arange(p), np.arange(p))
-  return (x + sign * y - z) % p
+  """[p, p] int: (x + sign * y) mod p over the grid (x, y), the answer itself."""
+  x, y = np.ix_(np.arange(p), np.arange(p))
+  return (x + sign * y) % p
 
 
-def split_logits(logits_PxPxP, phase_PxPxP, key_mask_F):
-  """(restricted, excluded) logits over the full grid (x, y, z): restricted keeps
-  only the components along cos and sin of w_k(x ± y − z) for the frequencies in
-  ``key_mask_F`` (the orthogonal projection onto them); excluded is the rest, so
-  restricted + excluded == logits."""
-  p = logits_PxPxP.shape[0]
-  # Those directions depend on the grid only through s = phase; project the mean
-  # logit of each s on the key frequencies' cos/sin rows of the 1-d basis.
-  mean_P = jax.ops.segment_sum(logits_PxPxP.ravel(), phase_PxPxP.ravel(), p) / p**2
-  basis = fourier_basis(p)
+def split_logits(logits_PxPxC, phase_PxP, key_mask_F):
+  """(restricted, excluded) logits over the (x, y) grid, Nanda et al.'s: for every
+  class c, ``along`` is the component of logits[:, :, c] (a vector over the p*p
+  pairs) along cos and sin of w_k(x ± y) for the frequencies in ``key_mask_F`` (the
+  orthogonal projection onto those 2 per key frequency, cos only for k = p/2);
+  restricted = along + the logits' mean over the grid (per class: Nanda's bias
+  correction), excluded = logits - along."""
+  p = logits_PxPxC.shape[0]
+  flat_NxC = logits_PxPxC.reshape(p * p, -1)
+  # Those directions are functions of s = phase alone, each s held by p pairs: project
+  # the mean logit of each s on the key frequencies' cos/sin rows of the 1-d basis.
+  mean_PxC = jax.ops.segment_sum(flat_NxC, jnp.asarray(phase_PxP).ravel(), p) / p
   keep_P = jnp.asarray(key_mask_F)[row_frequency(p)] & (row_frequency(p) > 0)
-  rows = basis * keep_P[:, None]
-  restricted = (rows.T @ (rows @ mean_P))[phase_PxPxP]
-  return restricted, logits_PxPxP - restricted
+  rows_PxP = fourier_basis(p) * keep_P[:, None]
+  along = (rows_PxP.T @ (rows_PxP @ mean_PxC))[phase_PxP]
+  return along + flat_NxC.mean(0), logits_PxPxC - along
 
 
-def _xent(logits_NxC, labels_N, weights_N):
+def xent(logits_NxC, labels_N, weights_N):
+  """Weighted mean cross-entropy (in the logits' dtype: float64 in the measures)."""
   logp = jax.nn.log_softmax(logits_NxC)
   nll = -jnp.take_along_axis(logp, labels_N[:, None], 1)[:, 0]
   return jnp.sum(nll * weights_N) / jnp.maximum(jnp.sum(weights_N), 1)
@@ -140,7 +236,7 @@ class Grid(NamedTuple):
 
   inputs: np.ndarray  # int32 [p*p, 4]
   labels: np.ndarray  # int32 [p*p]
-  phase: np.ndarray  # int32 [p, p, p]
+  phase: np.ndarray  # int32 [p, p]: (x ± y) mod p
   rows: np.ndarray  # int [p*p]: the table row of each grid cell
 
 
@@ -154,29 +250,35 @@ def make_grid(inputs_Nx4, labels_N, own_N, p: int, sign: int) -> Grid:
 
 
 class Context(NamedTuple):
-  """One run at one checkpoint, as a measure sees it (p*p grid rows, p classes)."""
+  """One run at one checkpoint, as a measure sees it (p*p grid rows, p classes; the
+  floats in float64)."""
 
   params: dict
   logits: jax.Array  # [p*p, p] on the full (x, y) grid
-  restricted: jax.Array  # [p*p, p]: the key frequencies' part of the logits
-  excluded: jax.Array  # [p*p, p]: the rest
+  restricted: jax.Array  # [p*p, p]: the key frequencies' part of the logits (+ their mean)
+  excluded: jax.Array  # [p*p, p]: the logits without the key frequencies' part
   labels: jax.Array  # [p*p]
   train_w: jax.Array  # [p*p] 1.0 on the run's training rows
   embed_norms: jax.Array  # [F]: the token embedding's norm per frequency
   key_mask: jax.Array  # bool [F]: the run's key frequencies
+  neurons: jax.Array  # [p*p, M]: the last MLP's activations
+  w_l: jax.Array  # [M, p]: the neuron-to-logit map
+  embed_components: jax.Array  # [p]: W_E's norm along each Fourier basis vector
+  w_l_components: jax.Array  # [p]: W_L's (over the output class)
 
 
 for _measure in (
-  registry.Measure("gini", lambda c: gini(c.embed_norms[1:]), "Gini of embedding freq norms"),
+  registry.Measure("gini", lambda c: gini(c.embed_components), "Gini of W_E's Fourier components"),
+  registry.Measure("gini_wl", lambda c: gini(c.w_l_components), "Gini of W_L's Fourier components"),
   registry.Measure(
     "restricted_loss",
-    lambda c: _xent(c.restricted, c.labels, jnp.ones_like(c.train_w)),
-    "loss of the key frequencies' logits alone, on the full table",
+    lambda c: xent(c.restricted, c.labels, jnp.ones_like(c.train_w)),
+    "loss of the key frequencies' cos/sin w(x±y) logits alone, on all pairs",
   ),
   registry.Measure(
     "excluded_loss",
-    lambda c: _xent(c.excluded, c.labels, c.train_w),
-    "loss without the key frequencies' logits, on the training rows",
+    lambda c: xent(c.excluded, c.labels, c.train_w),
+    "loss without the key frequencies' cos/sin w(x±y) logits, on the training pairs",
   ),
   registry.Measure(
     "weight_norm_sq",
@@ -192,32 +294,53 @@ for _measure in (
   registry.register(_measure)
 
 
+def to_float64(tree):
+  """The floating leaves of ``tree`` as float64 (trace under ``jax.enable_x64(True)``)."""
+  return jax.tree.map(
+    lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+  )
+
+
+def make_neuron_fn(model, p: int):
+  """fn(params, inputs) -> [p*p, M] float64: the last MLP's activations on the grid
+  (trace and run it under ``jax.enable_x64(True)``; jit/vmap it over runs)."""
+  return lambda params, inputs: forward(model, to_float64(params), inputs).neurons
+
+
 def make_measure_fn(model, p: int):
   """fn(params, inputs, labels, train_w, phase, key_mask) -> {name: value} of one
   run at one checkpoint: every registered measure, and the embedding's and
-  unembedding's frequency norms and the embedding itself (for the figures).
-  jit/vmap it over runs."""
+  unembedding's frequency norms and the embedding itself (for the figures). Trace
+  and run it under ``jax.enable_x64(True)``: the parameters are cast to float64 and
+  the forward pass and every measure run in float64. jit/vmap it over runs."""
   basis = fourier_basis(p)
 
   def fn(params, inputs, labels, train_w, phase, key_mask):
-    logits = model.apply({"params": params}, inputs)[:, :p].astype(jnp.float32)
+    params = to_float64(params)
+    out = forward(model, params, inputs)
+    logits = out.logits[:, :p]
     restricted, excluded = split_logits(logits.reshape(p, p, p), phase, key_mask)
     embed = params["Embed_0"]["embedding"][:p]
-    norms = freq_norms(embed, basis)
+    w_l = out.w_l[:, :p]
     ctx = Context(
       params,
       logits,
       restricted.reshape(p * p, p),
       excluded.reshape(p * p, p),
       labels,
-      train_w,
-      norms,
+      train_w.astype(logits.dtype),
+      freq_norms(embed, basis),
       key_mask,
+      out.neurons,
+      w_l,
+      component_norms(embed, basis),
+      component_norms(w_l.T, basis),
     )
     return dict(
       **{name: m.fn(ctx) for name, m in registry.MEASURES.items()},
-      embed_norms=norms,
-      unembed_norms=freq_norms(params["unembed"]["kernel"][:, :p].T, basis),
+      embed_norms=ctx.embed_norms,
+      unembed_norms=freq_norms(out.w_u[:, :p].T, basis),
+      w_l_norms=freq_norms(w_l.T, basis),
       embed=embed,
     )
 

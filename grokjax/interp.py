@@ -1,6 +1,8 @@
 """Progress measures (Nanda et al. 2023) of a sweep's add/sub runs, walked over its
-saved checkpoints: which runs, which steps, their parameters, the key frequencies,
-every registered measure (grokjax.fourier), and the summary written as interp.json.
+saved checkpoints: which runs, which steps, their parameters, the key frequencies
+(Nanda's: the dominant frequencies of the last MLP's neurons at the last checkpoint),
+every registered measure (grokjax.fourier) in float64, and the summary written as
+interp.json. docs/progress_measures.md writes the definitions out.
 
 Measures come from checkpoints rather than from the training loop: training pays
 nothing, and any sweep that kept its checkpoints can be analysed. The time
@@ -16,7 +18,6 @@ import json
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from grokjax import analysis, fourier
@@ -31,6 +32,8 @@ class Measures(NamedTuple):
   steps: np.ndarray  # int [C]: checkpoint steps (0 = the initial parameters)
   keys: list[np.ndarray]  # per run, its key frequencies (found at the last checkpoint)
   values: dict  # name -> [C, R] (norms [C, R, F], embed [C, R, p, d])
+  neuron_freqs: list[np.ndarray] = ()  # per run, [M]: each neuron's dominant frequency (last)
+  neuron_frac: list[np.ndarray] = ()  # per run, [M]: the variance fraction it explains
 
 
 def measured_runs(rd) -> list[int]:
@@ -43,8 +46,10 @@ def measured_runs(rd) -> list[int]:
 
 def compute(rd, max_keys: int | None = None) -> Measures:
   """Measures every add/sub run of the run directory ``rd`` (grokjax.rundir.RunDir)
-  at step 0 and at every kept checkpoint, vmapped over the runs of each program;
-  key frequencies from each run's last checkpoint."""
+  at step 0 and at every kept checkpoint, vmapped over the runs of each program, in
+  float64 (forward pass included). Key frequencies: Nanda's, from the last MLP's
+  neurons at each run's last checkpoint (``max_keys``: at most that many, those most
+  neurons have), used at every checkpoint."""
   runs = measured_runs(rd)
   sw = rd.sweep()
   p = sw.cfg.p
@@ -73,42 +78,66 @@ def compute(rd, max_keys: int | None = None) -> Measures:
     )
     for k in runs
   }
-  last = rd.params(steps[-1], sw)
-  keys = {
-    k: fourier.key_frequencies(
-      np.asarray(fourier.freq_norms(last[k]["Embed_0"]["embedding"][:p])), max_keys
-    )
-    for k in runs
-  }
-  # One vmapped measure function per program (its runs share a model).
+  # One vmapped neuron function and one measure function per program (its runs
+  # share a model), traced and run with float64 on.
   groups = [[k for k in prog.runs.tolist() if k in grids] for prog in sw.programs]
   groups = [(sw.model(g[0]), g) for g in groups if g]
-  stack = lambda xs: jnp.asarray(np.stack(xs))
-  inputs = {
-    tuple(g): [stack([getattr(grids[k], f) for k in g]) for f in ("inputs", "labels", "phase")]
+  stack = lambda xs: np.stack(xs)
+  fixed = {
+    tuple(g): dict(
+      inputs=stack([grids[k].inputs for k in g]),
+      labels=stack([grids[k].labels for k in g]),
+      train_w=stack([sw.train_masks[k][grids[k].rows].astype(np.float64) for k in g]),
+      phase=stack([grids[k].phase for k in g]),
+    )
     for _, g in groups
   }
+  with jax.enable_x64(True):
+    fns = {
+      tuple(g): (
+        jax.jit(jax.vmap(fourier.make_neuron_fn(model, p))),
+        jax.jit(jax.vmap(fourier.make_measure_fn(model, p))),
+      )
+      for model, g in groups
+    }
+  batch = lambda params, g: jax.tree.map(lambda *xs: np.stack(xs), *[params[k] for k in g])
+  last = rd.params(steps[-1], sw)
+  freqs, fracs, keys = {}, {}, {}
+  for _, g in groups:
+    with jax.enable_x64(True):
+      neurons = np.asarray(fns[tuple(g)][0](batch(last, g), fixed[tuple(g)]["inputs"]))
+    for j, k in enumerate(g):
+      freqs[k], fracs[k] = fourier.neuron_frequencies(neurons[j], p)
+      keys[k] = fourier.neuron_key_frequencies(freqs[k], max_keys)
   all_steps = sorted({0, *steps})
   per_step = []
   for step in all_steps:
     params = last if step == steps[-1] else rd.params(step, sw)
     out = {}
-    for model, g in groups:
-      fn = jax.jit(jax.vmap(fourier.make_measure_fn(model, p)))
-      train_w = stack([sw.train_masks[k][grids[k].rows].astype(np.float32) for k in g])
+    for _, g in groups:
+      f = fixed[tuple(g)]
       key_mask = stack([np.isin(np.arange(fourier.num_frequencies(p)), keys[k]) for k in g])
-      batch = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *[params[k] for k in g])
-      values = jax.device_get(
-        fn(batch, *inputs[tuple(g)][:2], train_w, inputs[tuple(g)][2], key_mask)
-      )
+      with jax.enable_x64(True):
+        values = jax.device_get(
+          fns[tuple(g)][1](
+            batch(params, g), f["inputs"], f["labels"], f["train_w"], f["phase"], key_mask
+          )
+        )
       for j, k in enumerate(g):
-        out[k] = {name: v[j] for name, v in values.items()}
+        out[k] = {name: np.asarray(v[j]) for name, v in values.items()}
     per_step.append(out)
   values = {
     name: np.stack([np.stack([o[k][name] for k in runs]) for o in per_step])
     for name in per_step[0][runs[0]]
   }
-  return Measures(runs, np.asarray(all_steps), [keys[k] for k in runs], values)
+  return Measures(
+    runs,
+    np.asarray(all_steps),
+    [keys[k] for k in runs],
+    values,
+    [freqs[k] for k in runs],
+    [fracs[k] for k in runs],
+  )
 
 
 def checkpoint_at(steps, step) -> int:
@@ -122,13 +151,16 @@ def _first_below(steps, values, level):
 
 
 def summary(rd, m: Measures) -> list[dict]:
-  """Per measured run: key frequencies and their share of the embedding norm, the
-  phase boundaries (train/val 99% steps), and when each measure moved."""
+  """Per measured run: key frequencies (Nanda's, from the neurons; and the embedding
+  rule's, for comparison), the neurons' dominant frequencies, the key frequencies'
+  share of the embedding norm, the phase boundaries (train/val 99% steps), and each
+  measure at every checkpoint."""
   summ = analysis.summarize_arrays(rd.metrics, rd.runs, rd.threshold)
   val50 = analysis.first_step(rd.metrics["step"], rd.metrics["val_acc"], 0.5)
   out = []
   for j, k in enumerate(m.runs):
-    v = {name: m.values[name][:, j] for name in ("gini", "restricted_loss", "excluded_loss")}
+    names = ("gini", "gini_wl", "restricted_loss", "excluded_loss")
+    v = {name: m.values[name][:, j] for name in names if name in m.values}
     r = v["restricted_loss"]
     # "falls": halfway (in log) from its value after memorisation to its final value
     t_train = summ[k]["train_step"] or 0
@@ -136,10 +168,19 @@ def summary(rd, m: Measures) -> list[dict]:
     half = float(np.exp((np.log(start) + np.log(r[-1])) / 2))
     after = m.steps >= t_train
     norms = m.values["embed_norms"][:, j]
+    neurons = {}
+    if m.neuron_freqs:
+      f, c = np.unique(m.neuron_freqs[j], return_counts=True)
+      neurons = dict(
+        neuron_freq_counts={int(a): int(b) for a, b in zip(f, c)},
+        neuron_frac_explained_median=round(float(np.median(m.neuron_frac[j])), 5),
+      )
     out.append(
       dict(
         run=rd.runs[k]["index"],
         key_frequencies=[int(x) for x in m.keys[j]],
+        key_frequencies_embedding=[int(x) for x in fourier.key_frequencies(norms[-1])],
+        **neurons,
         key_share_final=float(m.values["key_share"][-1, j]),
         key_share_initial=float(m.values["key_share"][0, j]),
         top_share_final={
@@ -150,6 +191,7 @@ def summary(rd, m: Measures) -> list[dict]:
         val50_step=val50[k],
         val_step=summ[k]["val_step"],
         restricted_halfway_step=_first_below(m.steps[after], r[after], half),
+        excluded_peak_step=int(m.steps[np.argmax(v["excluded_loss"])]),
         **{f"{name}_at": _trace(m.steps, val) for name, val in v.items()},
         weight_norm_sq_at=_trace(m.steps, m.values["weight_norm_sq"][:, j]),
       )

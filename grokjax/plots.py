@@ -450,16 +450,24 @@ def interp_measures(rd, m, j: int, s: dict):
   ax.plot(t, rd.metrics["train_loss"][keep, k], color=TRAIN, lw=1, label="train loss")
   ax.plot(t, rd.metrics["val_loss"][keep, k], color=VAL, lw=1, label="validation loss")
   v = m.values
-  ax.plot(c, v["restricted_loss"][:, j], "k-o", ms=2.5, label="restricted loss (full table)")
-  ax.plot(c, v["excluded_loss"][:, j], "-o", color="#9467bd", ms=2.5, label="excluded loss (train)")
+  ax.plot(c, v["restricted_loss"][:, j], "k-o", ms=2.5, label="restricted loss (all pairs)")
+  ax.plot(
+    c,
+    v["excluded_loss"][:, j],
+    "-o",
+    color="#9467bd",
+    ms=2.5,
+    label="excluded loss (training pairs)",
+  )
   ax.set_yscale("log")
   ax.set_ylabel("cross-entropy")
   ax.legend(loc="lower left", fontsize=8, ncol=2)
   ax = axes[2]
-  ax.plot(c, v["gini"][:, j], "-o", color="#8c564b", ms=2.5, label="Gini of embedding freq norms")
+  ax.plot(c, v["gini"][:, j], "-o", color="#8c564b", ms=2.5, label="Gini of W_E's Fourier norms")
+  ax.plot(c, v["gini_wl"][:, j], "-o", color="#17becf", ms=2.5, label="Gini of W_L's Fourier norms")
   ax.plot(c, v["key_share"][:, j], "-o", color="#e377c2", ms=2.5, label="key freqs' share of norm²")
   ax.set_ylim(0, 1)
-  ax.set_ylabel("embedding sparsity\nin Fourier basis")
+  ax.set_ylabel("sparsity in the\nFourier basis")
   ax.legend(loc="upper left", fontsize=8)
   ax = axes[3]
   ax.plot(c, v["weight_norm_sq"][:, j], "-o", color=NORM, ms=2.5)

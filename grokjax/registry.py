@@ -148,7 +148,7 @@ class Model:
 @dataclasses.dataclass(frozen=True)
 class Measure:
   """A progress measure: ``fn(ctx) -> scalar`` of one run at one checkpoint, where
-  ``ctx`` (``grokjax.interp.Context``) holds the parameters, the model, the logits
+  ``ctx`` (``grokjax.fourier.Context``) holds the parameters, the model, the logits
   on the operation's full grid and their Fourier split (see grokjax.interp)."""
 
   name: str

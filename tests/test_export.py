@@ -64,7 +64,11 @@ def test_export_cli(run_dir, tmp_path):
   assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 6 * len(STEPS)
   out = run_script("export", run_dir, "--out", tmp_path / "table.csv")  # csv by default
   assert out.returncode == 0, out.stderr
-  assert (tmp_path / "table.csv").read_text().startswith(",".join([*RUN_FIELDS, *analysis.RUN_RESULTS, "step"]))
+  assert (
+    (tmp_path / "table.csv")
+    .read_text()
+    .startswith(",".join([*RUN_FIELDS, *analysis.RUN_RESULTS, "step"]))
+  )
 
 
 @pytest.mark.parametrize(

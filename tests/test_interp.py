@@ -1,10 +1,12 @@
-"""grokjax.fourier and grokjax.interp: Fourier basis, key frequencies, the logit split, figures."""
+"""grokjax.fourier and grokjax.interp: Fourier basis, key frequencies, the logit split, figures
+(tests/test_nanda.py checks the measures against a numpy float64 reference)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -59,28 +61,58 @@ def test_gini():
 
 
 @pytest.mark.parametrize("op", ["add", "sub"])
-def test_restricted_plus_excluded_is_the_logits(op):
+def test_restricted_and_excluded_split_the_logits(op):
   p, keys = 11, [2, 5]
-  phase = fourier.phase_index(p, fourier.check_op(op))
+  sign = fourier.check_op(op)
+  phase = fourier.phase_index(p, sign)
   mask = np.isin(np.arange(fourier.num_frequencies(p)), keys)
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(p, p, p)), jnp.float32)
+  mean = logits.mean((0, 1))
   restricted, excluded = fourier.split_logits(logits, phase, mask)
-  np.testing.assert_allclose(restricted + excluded, logits, atol=1e-6)
-  # restricted is a projection: applying it again changes nothing, excluded has no key part
-  again, rest = fourier.split_logits(restricted, phase, mask)
-  np.testing.assert_allclose(again, restricted, atol=1e-5)
-  np.testing.assert_allclose(rest, 0, atol=1e-5)
-  np.testing.assert_allclose(fourier.split_logits(excluded, phase, mask)[0], 0, atol=1e-5)
-  # logits made of the key directions (plus a per-(x, y) constant) are kept whole
+  # restricted = the key part + the mean over the grid (Nanda's bias correction); excluded: rest
+  np.testing.assert_allclose(restricted + excluded, logits + mean, atol=1e-5)
+  # restricting is a projection (plus the mean, which has no key part): again, nothing changes;
+  # the excluded logits have no key part left
+  np.testing.assert_allclose(
+    fourier.split_logits(restricted, phase, mask)[0], restricted, atol=1e-5
+  )
+  again, rest = fourier.split_logits(excluded, phase, mask)
+  np.testing.assert_allclose(again, np.broadcast_to(mean, again.shape), atol=1e-5)
+  np.testing.assert_allclose(rest, excluded, atol=1e-5)
+  # logits made of cos/sin w_k(x ± y - z) for the key k are kept whole, and nothing is excluded
+  x, y, z = np.ix_(np.arange(p), np.arange(p), np.arange(p))
   w = 2 * np.pi * np.asarray(keys) / p
-  ideal = sum(np.cos(wk * phase) + 0.5 * np.sin(wk * phase) for wk in w)
+  ideal = sum(np.cos(wk * (x + sign * y - z)) + 0.5 * np.sin(wk * (x + sign * y - z)) for wk in w)
   restricted, excluded = fourier.split_logits(jnp.asarray(ideal, jnp.float32), phase, mask)
   np.testing.assert_allclose(restricted, ideal, atol=1e-5)
-  # ... and argmax z of cos(w_k(x + y - z)) is the answer
-  x, y = 3, 9
-  z = (x + fourier.SIGNS[op] * y) % p
-  assert int(np.argmax(ideal[x, y])) == z
+  np.testing.assert_allclose(excluded, 0, atol=1e-5)
+  # ... and argmax z of cos(w_k(x ± y - z)) is the answer
+  assert int(np.argmax(ideal[3, 9])) == (3 + sign * 9) % p == phase[3, 9]
+  # a frequency outside the keys is all excluded
+  other = np.cos(2 * np.pi * 3 * (x + sign * y - z) / p)
+  restricted, excluded = fourier.split_logits(jnp.asarray(other, jnp.float32), phase, mask)
+  np.testing.assert_allclose(excluded, other, atol=1e-5)
+
+
+def test_forward_reads_the_last_mlp():
+  """fourier.forward on the transformer: the last block's MLP activations at the last
+  position, and W_L = W_out C diag(γ) W_U (C centres over the residual width)."""
+  from grokjax.model import Transformer
+
+  model = Transformer(10, 7, num_layers=2, width=16, num_heads=2)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 7, size=(5, 4)), jnp.int32)
+  params = model.init(jax.random.key(0), tokens)["params"]
+  out = fourier.forward(model, params, tokens)
+  assert out.logits.shape == (5, 7) and out.neurons.shape == (5, 64) and out.w_l.shape == (64, 7)
+  np.testing.assert_allclose(out.logits, model.apply({"params": params}, tokens), atol=1e-6)
+  w_out = params["Block_1"]["Dense_1"]["kernel"]
+  c = np.eye(16) - 1 / 16
+  gamma = np.diag(params["LayerNorm_0"]["scale"])
+  np.testing.assert_allclose(out.w_l, w_out @ c @ gamma @ params["unembed"]["kernel"], atol=1e-6)
+  _, state = model.apply({"params": params}, tokens, capture_intermediates=True)
+  pre = state["intermediates"]["Block_1"]["Dense_0"]["__call__"][0][:, -1]
+  np.testing.assert_allclose(out.neurons, jax.nn.gelu(pre), atol=1e-6)
 
 
 @pytest.mark.parametrize("op", ["s5", "cubic", "mul", "div"])
@@ -111,8 +143,10 @@ def test_write_figures(trained):
   assert sorted(map(int, summ[0]["gini_at"])) == [0, 10, 20, 30, 40]
   m = interp.compute(rundir.load(trained))
   assert m.values["embed_norms"].shape == (5, 2, 4)
-  # step 0 is the initialisation: the restricted loss of near-zero logits is ~log p
-  assert abs(m.values["restricted_loss"][0] - np.log(7)).max() < 0.1
+  # step 0 is the initialisation: no (x + y) structure, so the restricted logits are about
+  # the per-class mean logits, a constant guess: its loss is at least log p, and near it
+  r0 = m.values["restricted_loss"][0]
+  assert (r0 > np.log(7) - 0.01).all() and (r0 < np.log(7) + 0.3).all(), r0
 
 
 def _script(*args):
