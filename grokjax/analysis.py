@@ -100,7 +100,7 @@ def spikes(values_T: np.ndarray, threshold: float) -> tuple[float | None, int]:
   if not hit.any():
     return None, 0
   after = hit[hit.argmax() :]
-  frac = float(relapses(values_T, threshold).sum() / (len(after) - 1)) if len(after) > 1 else None
+  frac = float((~after[1:]).mean()) if len(after) > 1 else None
   return frac, int((after[1:] & ~after[:-1]).sum())
 
 

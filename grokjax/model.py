@@ -1,21 +1,54 @@
-"""Decoder-only causal transformer of Power et al. (2022), in Flax.
+"""The models: the paper's decoder-only causal transformer (pre-LN), the paper code's
+own transformer (``openai_grok``: post-LN, no biases, sinusoidal positions), and a
+one-hot MLP, in Flax.
 
-The model reads the four tokens ``x op y =`` and predicts the answer from the
-last position; ``init``/``apply`` are pure, so the parameters of many runs stack on
-a leading axis and ``jax.vmap`` trains them together.
+Each reads the four tokens ``x op y =`` and predicts the answer from the last
+position; ``init``/``apply`` are pure, so the parameters of many runs stack on a
+leading axis and ``jax.vmap`` trains them together. ``model.init=torch`` gives the
+transformer and the MLP PyTorch's default initialisation instead of Flax's.
 """
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from grokjax import registry
 from grokjax.errors import UserError
 from grokjax.registry import Key
 
 SEQ_LEN = 4  # x, op, y, =
+INITS = ("flax", "torch")
+
+
+def uniform(bound: float):
+  """An initializer drawing U(-bound, bound): PyTorch's nn.Linear weights and biases
+  (Kaiming-uniform with a = sqrt(5) gives bound = 1 / sqrt(fan_in))."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def torch_linear(fan_in: int) -> dict:
+  """The kernel_init and bias_init of ``torch.nn.Linear(fan_in, ...)``'s defaults."""
+  return dict(kernel_init=uniform(1 / math.sqrt(fan_in)), bias_init=uniform(1 / math.sqrt(fan_in)))
+
+
+def dense_init(init: str, fan_in: int) -> dict:
+  """Dense/DenseGeneral initializers for ``model.init``: Flax's own (nothing passed,
+  so the numbers stay those of the defaults) or PyTorch's for ``fan_in`` inputs."""
+  return {} if init == "flax" else torch_linear(fan_in)
+
+
+def embed_init(init: str) -> dict:
+  """nn.Embed's initializer: Flax's (N(0, 1/width)) or torch.nn.Embedding's N(0, 1)."""
+  return {} if init == "flax" else dict(embedding_init=nn.initializers.normal(1.0))
 
 
 class Attention(nn.Module):
@@ -23,20 +56,29 @@ class Attention(nn.Module):
 
   The key projection has no bias: a key bias shifts every score of a query by the
   same amount, so its gradient is zero and Adam would only amplify rounding noise.
+  With ``bias=False`` no projection has one (openai/grok). The q/k/v kernels are
+  [width, heads, head] (fan-in: width), the output's [heads, head, width] (fan-in:
+  heads * head).
   """
 
   num_heads: int
+  weight_init: str = "flax"  # model.init ("init" would hide Module.init)
+  bias: bool = True
 
   @nn.compact
   def __call__(self, q_BxSxD, kv_BxTxD, mask=None):
     width = kv_BxTxD.shape[-1]
     head = width // self.num_heads
-    proj = lambda name, bias: nn.DenseGeneral((self.num_heads, head), use_bias=bias, name=name)
+    inits = dense_init(self.weight_init, width)
+    proj = lambda name, bias: nn.DenseGeneral(
+      (self.num_heads, head), use_bias=bias and self.bias, name=name, **inits
+    )
     q_BxSxHxK = proj("query", True)(q_BxSxD)
     k_BxTxHxK = proj("key", False)(kv_BxTxD)
     v_BxTxHxK = proj("value", True)(kv_BxTxD)
     out = nn.dot_product_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask)
-    return nn.DenseGeneral(width, axis=(-2, -1), name="out")(out)
+    out_init = dense_init(self.weight_init, self.num_heads * head)
+    return nn.DenseGeneral(width, axis=(-2, -1), use_bias=self.bias, name="out", **out_init)(out)
 
 
 class Block(nn.Module):
@@ -50,6 +92,7 @@ class Block(nn.Module):
   width: int
   num_heads: int
   last_only: bool = False
+  weight_init: str = "flax"  # model.init ("init" would hide Module.init)
 
   @nn.compact
   def __call__(self, h_BxTxD):
@@ -58,13 +101,92 @@ class Block(nn.Module):
       h_BxTxD, q, mask = h_BxTxD[:, -1:], a[:, -1:], None
     else:
       q, mask = a, nn.make_causal_mask(jnp.ones(h_BxTxD.shape[:2], bool))
-    h_BxTxD = h_BxTxD + Attention(self.num_heads)(q, a, mask=mask)
-    m = nn.Dense(4 * self.width)(nn.LayerNorm()(h_BxTxD))
-    return h_BxTxD + nn.Dense(self.width)(nn.gelu(m))
+    h_BxTxD = h_BxTxD + Attention(self.num_heads, self.weight_init)(q, a, mask=mask)
+    m = nn.Dense(4 * self.width, **dense_init(self.weight_init, self.width))(
+      nn.LayerNorm()(h_BxTxD)
+    )
+    return h_BxTxD + nn.Dense(self.width, **dense_init(self.weight_init, 4 * self.width))(
+      nn.gelu(m)
+    )
 
 
 class Transformer(nn.Module):
-  """Token and learned position embeddings, pre-LN causal blocks, answer logits."""
+  """Token and learned position embeddings, pre-LN causal blocks, answer logits.
+
+  ``weight_init="torch"`` (model.init): every Embed and Dense as PyTorch initialises
+  nn.Embedding and nn.Linear; the position embeddings stay N(0, 0.02), a parameter of
+  their own (as in experiments/torch_reference.py); LayerNorms: scale 1, bias 0.
+  """
+
+  vocab_size: int
+  num_classes: int
+  num_layers: int = 2
+  width: int = 128
+  num_heads: int = 4
+  weight_init: str = "flax"  # model.init ("init" would hide Module.init)
+
+  @nn.compact
+  def __call__(self, tokens_BxT):
+    t = tokens_BxT.shape[-1]
+    h = nn.Embed(self.vocab_size, self.width, **embed_init(self.weight_init))(tokens_BxT)
+    h = h + self.param("pos_embed", nn.initializers.normal(0.02), (SEQ_LEN, self.width))[:t]
+    for i in range(self.num_layers):
+      h = Block(self.width, self.num_heads, i == self.num_layers - 1, self.weight_init)(h)
+    h = nn.LayerNorm()(h[:, -1])
+    unembed = dense_init(self.weight_init, self.width)
+    return nn.Dense(self.num_classes, name="unembed", **unembed)(h)  # logits_BxC
+
+
+def sinusoidal_positions(length: int, width: int) -> np.ndarray:
+  """openai/grok's fixed position encoding (grok/transformer.py,
+  ``Transformer._position_encoding``): row ``pos``, column ``i`` is
+  ``sin(pos / 10000 ** (i / width))`` for even ``i`` and
+  ``cos(pos / 10000 ** ((i - 1) / width))`` for odd ``i``; float64, then float32."""
+  pos = np.arange(length, dtype=np.float64)[:, None]
+  i = np.arange(width)
+  angle = pos / 10000.0 ** ((i - i % 2) / width)
+  return np.where(i % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
+
+
+def _torch_layer_norm(name: str) -> nn.LayerNorm:
+  """torch.nn.LayerNorm(width): eps 1e-5, a two-pass variance, scale 1, bias 0."""
+  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=name)
+
+
+class GrokBlock(nn.Module):
+  """openai/grok's ``DecoderBlock`` (dropout 0, weight noise 0, its defaults): post-LN,
+  ``a1 = LN(x + MHA(x))``, ``a2 = LN(a1 + FFN(a1))``, FFN = Linear(d, 4d) -> ReLU ->
+  Linear(4d, d), no linear layer with a bias. ``last_only`` as in ``Block``."""
+
+  width: int
+  num_heads: int
+  last_only: bool = False
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    if self.last_only:
+      q, mask = x_BxTxD[:, -1:], None
+    else:
+      q, mask = x_BxTxD, nn.make_causal_mask(jnp.ones(x_BxTxD.shape[:2], bool))
+    a = Attention(self.num_heads, "torch", bias=False, name="self_attn")(q, x_BxTxD, mask=mask)
+    a1 = _torch_layer_norm("self_attn_norm")(q + a)
+    d_ff = 4 * self.width
+    m = nn.Dense(d_ff, use_bias=False, name="ffn_in", **torch_linear(self.width))(a1)
+    m = nn.Dense(self.width, use_bias=False, name="ffn_out", **torch_linear(d_ff))(nn.relu(m))
+    return _torch_layer_norm("ffn_norm")(a1 + m)
+
+
+class OpenAIGrok(nn.Module):
+  """The paper code's transformer (openai/grok, grok/transformer.py) on grokjax's tokens.
+
+  openai/grok feeds ``<eos> x op y = z`` and reads the answer ``z`` off the output at
+  the ``=`` position; so does this model: it prepends an ``<eos>`` token (one more
+  embedding row, index ``vocab_size``) to ``x op y =`` and returns the logits of the
+  last position. Token embedding N(0, 1) (torch.nn.Embedding), fixed sinusoidal
+  positions added, post-LN blocks, and an unembedding without a bias, every linear
+  layer initialised as torch.nn.Linear. Unlike openai/grok, the logits span the
+  answers (``num_classes``), not its whole 239-token vocabulary.
+  """
 
   vocab_size: int
   num_classes: int
@@ -74,13 +196,15 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxT):
-    t = tokens_BxT.shape[-1]
-    h = nn.Embed(self.vocab_size, self.width)(tokens_BxT)
-    h = h + self.param("pos_embed", nn.initializers.normal(0.02), (SEQ_LEN, self.width))[:t]
+    eos_Bx1 = jnp.full((tokens_BxT.shape[0], 1), self.vocab_size, tokens_BxT.dtype)
+    tokens = jnp.concatenate([eos_Bx1, tokens_BxT], axis=1)
+    embed = nn.Embed(self.vocab_size + 1, self.width, embedding_init=nn.initializers.normal(1.0))
+    h = embed(tokens) + sinusoidal_positions(tokens.shape[1], self.width)
     for i in range(self.num_layers):
-      h = Block(self.width, self.num_heads, last_only=i == self.num_layers - 1)(h)
-    h = nn.LayerNorm()(h[:, -1])
-    return nn.Dense(self.num_classes, name="unembed")(h)  # logits_BxC
+      last = i == self.num_layers - 1
+      h = GrokBlock(self.width, self.num_heads, last, name=f"Block_{i}")(h)  # as transformer's
+    unembed = nn.Dense(self.num_classes, use_bias=False, name="unembed", **torch_linear(self.width))
+    return unembed(h[:, -1])  # logits_BxC
 
 
 class MLP(nn.Module):
@@ -91,38 +215,71 @@ class MLP(nn.Module):
   num_classes: int
   num_layers: int = 2
   width: int = 200
+  weight_init: str = "flax"  # model.init ("init" would hide Module.init)
 
   @nn.compact
   def __call__(self, tokens_BxT):
     h = jax.nn.one_hot(tokens_BxT[:, :3], self.vocab_size).reshape(tokens_BxT.shape[0], -1)
     for _ in range(self.num_layers):
-      h = nn.relu(nn.Dense(self.width)(h))
-    return nn.Dense(self.num_classes, name="unembed")(h)
+      h = nn.relu(nn.Dense(self.width, **dense_init(self.weight_init, h.shape[-1]))(h))
+    unembed = dense_init(self.weight_init, h.shape[-1])
+    return nn.Dense(self.num_classes, name="unembed", **unembed)(h)
 
 
 positive = (lambda v: v > 0, "> 0")
 NUM_LAYERS = Key("model.num_layers", 2, "blocks (transformer) or hidden layers (mlp)", *positive)
 WIDTH = Key("model.width", 128, "residual width (transformer) or hidden width (mlp)", *positive)
+NUM_HEADS = Key("model.num_heads", 4, "attention heads", *positive)
+INIT = Key(
+  "model.init",
+  "flax",
+  "initialisation of transformer and mlp: Flax's defaults, or PyTorch's (nn.Embedding "
+  "N(0, 1), nn.Linear U(+-1/sqrt(fan_in))); openai_grok is always torch",
+  choices=INITS,
+  axis="init",
+)
 
 
-def _transformer(vocab_size, num_classes, num_layers, width, num_heads):
+def _check_heads(width, num_heads):
   if width % num_heads:
     raise UserError(
       f"model.width={width} is not divisible by model.num_heads={num_heads}; pick a width that is"
     )
-  return Transformer(vocab_size, num_classes, num_layers, width, num_heads)
+
+
+def _transformer(vocab_size, num_classes, num_layers, width, num_heads, init="flax"):
+  _check_heads(width, num_heads)
+  return Transformer(vocab_size, num_classes, num_layers, width, num_heads, init)
+
+
+def _mlp(vocab_size, num_classes, num_layers, width, init="flax"):
+  return MLP(vocab_size, num_classes, num_layers, width, init)
+
+
+def _openai_grok(vocab_size, num_classes, num_layers, width, num_heads):
+  _check_heads(width, num_heads)
+  return OpenAIGrok(vocab_size, num_classes, num_layers, width, num_heads)
 
 
 registry.register(
   registry.Model(
     "transformer",
-    (NUM_LAYERS, WIDTH, Key("model.num_heads", 4, "attention heads", *positive)),
+    (NUM_LAYERS, WIDTH, NUM_HEADS, INIT),
     _transformer,
     "the paper's decoder-only transformer (pre-LN)",
   )
 )
 registry.register(
-  registry.Model("mlp", (NUM_LAYERS, WIDTH), MLP, "one-hot inputs, ReLU hidden layers")
+  registry.Model("mlp", (NUM_LAYERS, WIDTH, INIT), _mlp, "one-hot inputs, ReLU hidden layers")
+)
+registry.register(
+  registry.Model(
+    "openai_grok",
+    (NUM_LAYERS, WIDTH, NUM_HEADS),
+    _openai_grok,
+    "the paper code's transformer (openai/grok): post-LN, no biases, sinusoidal positions, "
+    "PyTorch's init",
+  )
 )
 
 

@@ -39,3 +39,20 @@ def tiny_config(**overrides):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """Which tests share a worker under pytest-xdist (``--dist loadgroup``): a file's
+  tests stay together (they share module fixtures), but the long files are split:
+  test_docs.py per doc page (a page's commands build on each other) and
+  test_golden.py per config, so two workers finish together."""
+  for item in items:
+    name = item.path.name
+    if name == "test_docs.py" and hasattr(item, "callspec"):
+      group = "docs:" + item.callspec.id.split(":")[0]
+    elif name == "test_golden.py" and hasattr(item, "callspec"):
+      group = "golden:" + item.callspec.id
+    else:
+      group = name
+    item.add_marker(pytest.mark.xdist_group(group))

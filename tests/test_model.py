@@ -59,7 +59,17 @@ def test_bad_model_configs():
   cfg.name = "lstm"
   with pytest.raises(UserError, match="unknown model.name 'lstm'"):
     model_lib.make_model(cfg, 10, 7)
-  cfg = default_config().model
-  cfg.width = 30
-  with pytest.raises(UserError, match="not divisible"):
-    model_lib.make_model(cfg, 10, 7)
+  for name in ("transformer", "openai_grok"):
+    cfg = default_config().model
+    cfg.name, cfg.width = name, 30
+    with pytest.raises(UserError, match="not divisible"):
+      model_lib.make_model(cfg, 10, 7)
+
+
+def test_models_share_their_keys():
+  from grokjax import registry
+
+  shared = (model_lib.NUM_LAYERS, model_lib.WIDTH, model_lib.NUM_HEADS)
+  assert registry.MODELS["openai_grok"].keys == shared
+  assert registry.MODELS["transformer"].keys == (*shared, model_lib.INIT)
+  assert model_lib.INIT.default == "flax" and model_lib.INIT.options() == ("flax", "torch")
