@@ -530,11 +530,17 @@ PHASE_COLORS = {
 
 
 def _edges(values: list) -> tuple[np.ndarray, bool]:
-  """Cell edges around sorted axis values, and whether the axis is logarithmic
-  (positive values whose ratios vary less than their differences do)."""
+  """Cell edges around sorted axis values, and whether the axis is logarithmic:
+  positive values whose log-steps are more even than their steps (two values: a
+  ratio of 10 or more)."""
   v = np.asarray(values, float)
+  unevenness = lambda d: np.ptp(d) / np.mean(d)
   log = bool(
-    len(v) > 2 and (v > 0).all() and np.ptp(np.diff(np.log(v))) < np.ptp(np.diff(v)) / v[0]
+    len(v) > 1
+    and (v > 0).all()
+    and (
+      v[-1] / v[0] >= 10 if len(v) == 2 else unevenness(np.diff(np.log(v))) < unevenness(np.diff(v))
+    )
   )
   u = np.log(v) if log else v
   step = np.diff(u) if len(u) > 1 else np.ones(1)

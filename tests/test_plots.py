@@ -209,3 +209,22 @@ def test_phase_diagram_needs_two_axes(rd):
   assert "phase.png" not in [p.name for p in plots.write_figures(rd)]
   with pytest.raises(UserError, match="exactly two numeric axes besides seeds.*varies train_frac"):
     plots.phase_diagram(rd)
+
+
+@pytest.mark.parametrize(
+  "values, log",
+  [
+    ([1e-4, 1e-3, 1e-2, 1e-1], True),
+    ([0.0001, 0.000398, 0.00158, 0.00631], True),  # configs/phase.py's rounded values
+    ([0.1, 0.3, 0.5, 0.7, 0.9], False),  # train fractions
+    ([0.0, 0.1, 1.0], False),  # a zero: no log axis
+    ([0.01, 1.0], True),
+    ([0.5, 0.6], False),
+  ],
+)
+def test_phase_axes_log_where_log_spaced(values, log):
+  edges, is_log = plots._edges(values)
+  assert is_log == log and len(edges) == len(values) + 1
+  assert all(
+    lo < v < hi for lo, v, hi in zip(edges, values, edges[1:])
+  )  # each value inside its cell
