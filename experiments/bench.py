@@ -5,6 +5,8 @@
   python experiments/bench.py --quick              # seconds; what the tests run
   python experiments/bench.py --checkpoint_k=32    # Orbax save time and size per run
   python experiments/bench.py --precision_check    # the quick demo's grokking step per precision
+  python experiments/bench.py --setups=paper --ks=256 --compute_dtype=bfloat16 --vmap_group=32
+  python experiments/bench.py --invariance_check   # seed 1 alone = seed 1 of 3, bit for bit?
 
 Each (setup, K) is measured in a child process of its own (fresh device memory, a fresh
 compile cache) under a time limit (--k_timeout_s): a K that runs past it gives a row saying
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 from absl import flags
 
 from grokjax import checkpoint, cli, report, sweep
@@ -33,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SETUPS = {"quick": "configs/quick.py", "paper": "configs/div.py"}
 # Dense peak FLOP/s of the matmul precision JAX uses by default for float32.
 PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": 494.7, "NVIDIA H200": 494.7}  # TF32
+PEAK_TFLOPS_BF16 = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H200": 989.4}
 
 _SETUPS = flags.DEFINE_list(
   "setups", ["quick", "paper"], "Configs to time: quick, paper, or config files (.py)."
@@ -49,11 +53,38 @@ _PRECISION = flags.DEFINE_enum(
 _CHECKPOINT_K = flags.DEFINE_integer(
   "checkpoint_k", 0, "If > 0, only time an Orbax save of K paper-model runs and report its size."
 )
+_COMPUTE_DTYPE = flags.DEFINE_enum(
+  "compute_dtype", "float32", ["float32", "bfloat16"], "config.compute_dtype to time."
+)
+_VMAP_GROUP = flags.DEFINE_integer(
+  "vmap_group",
+  0,
+  "config.vmap_group to time: G > 0 is the exact layout (groups of G runs); 0 the default "
+  "(exact on CPU, one vmap of all runs on an accelerator). With --invariance_check: the G "
+  "of its exact mode (default 8).",
+)
 _PRECISION_CHECK = flags.DEFINE_bool(
   "precision_check",
   False,
-  "Only train the quick demo (3 seeds) at each matmul precision and print its steps to 99% "
-  "train and val accuracy: does the grokking step move with TF32?",
+  "Only train the quick demo at each numeric setting (--check_settings) and print its steps "
+  "to 99% train and val accuracy beside the first setting's seed spread: does the grokking "
+  "step move with TF32 or bfloat16?",
+)
+_CHECK_SETTINGS = flags.DEFINE_list(
+  "check_settings",
+  None,
+  "Settings of --precision_check, the first the reference: matmul precisions (default, high, "
+  "highest) and bfloat16 (config.compute_dtype, default precision). Default: highest,bfloat16 "
+  "on CPU (where the three precisions are the same float32 math), highest,default,bfloat16 "
+  "on an accelerator.",
+)
+_CHECK_SEEDS = flags.DEFINE_integer("check_seeds", 3, "Seeds of --precision_check.")
+_INVARIANCE_CHECK = flags.DEFINE_bool(
+  "invariance_check",
+  False,
+  "Only train seed 1 of the quick demo in a 3-seed program and alone, in the exact layout "
+  "(--vmap_group, default 8) and the default one, and print whether its parameters agree "
+  "bit for bit.",
 )
 _QUICK = flags.DEFINE_bool(
   "quick",
@@ -97,6 +128,8 @@ def setup_config(name: str, k: int, eval_every: int):
   cfg.sweep.seeds, cfg.sweep.train_fracs = tuple(range(k)), (0.5,)
   cfg.eval_every = eval_every
   cfg.matmul_precision = _PRECISION.value
+  cfg.compute_dtype = _COMPUTE_DTYPE.value
+  cfg.vmap_group = _VMAP_GROUP.value
   return cfg
 
 
@@ -130,7 +163,9 @@ def bench_grokjax(cfg, steps: int, emit=lambda **kw: None) -> dict:
   row = dict(
     framework="grokjax",
     k=k,
-    vmap_group=min(sweep.vmap_group(cfg, s.programs[0].static.batch) or k, k),
+    vmap_group=sweep.vmap_group(cfg, s.programs[0].static.batch) or k,
+    padded_k=int(runs.seed.shape[0]),
+    compute_dtype=cfg.compute_dtype,
     run_steps_per_s=rate,
     compile_s=compile_s,
     program_mib_per_run=(mem.argument_size_in_bytes + mem.temp_size_in_bytes) / k / 2**20
@@ -140,7 +175,8 @@ def bench_grokjax(cfg, steps: int, emit=lambda **kw: None) -> dict:
   stats = jax.local_devices()[0].memory_stats()
   if stats and "peak_bytes_in_use" in stats:
     row["peak_mib_per_run"] = stats["peak_bytes_in_use"] / k / 2**20
-  peak = PEAK_TFLOPS.get(jax.local_devices()[0].device_kind)
+  peaks = PEAK_TFLOPS_BF16 if cfg.compute_dtype == "bfloat16" else PEAK_TFLOPS
+  peak = peaks.get(jax.local_devices()[0].device_kind)
   row["tflops"] = rate * flops_per_run_step(s) / 1e12
   if peak:
     row["peak_fraction"] = row["tflops"] / peak
@@ -183,17 +219,37 @@ def bench_checkpoint(k: int) -> None:
   )
 
 
+SETTINGS = {  # --precision_check: name -> config values
+  "default": dict(matmul_precision="default"),
+  "high": dict(matmul_precision="high"),
+  "highest": dict(matmul_precision="highest"),
+  "bfloat16": dict(matmul_precision="default", compute_dtype="bfloat16"),
+}
+
+
 def precision_check() -> None:
-  """Steps to 99% of the quick demo under each float32 matmul precision (on CPU all
-  three are the same float32 math; on NVIDIA GPUs "default" is TF32)."""
+  """Steps to 99% of the quick demo under each numeric setting, beside the seed spread
+  of the first (the reference): on CPU the three matmul precisions are the same
+  float32 math; on NVIDIA GPUs "default" is TF32; "bfloat16" is config.compute_dtype."""
   steps = 40 if _QUICK.value else None
+  accelerator = jax.default_backend() != "cpu"
+  settings = _CHECK_SETTINGS.value or (
+    ["highest", "default", "bfloat16"] if accelerator else ["highest", "bfloat16"]
+  )
+  unknown = [s for s in settings if s not in SETTINGS]
+  if unknown:
+    raise UserError(f"--check_settings: unknown {unknown}; choose from {', '.join(SETTINGS)}")
+  seeds = tuple(range(_CHECK_SEEDS.value))
   print(
-    f"# {jax.local_devices()[0].device_kind}: configs/quick.py, 3 seeds"
+    f"# {jax.local_devices()[0].device_kind}: configs/quick.py, {len(seeds)} seeds"
     + (f", {steps} steps (--quick)" if steps else "")
   )
-  for precision in ("default", "high", "highest"):
+  ref = None
+  for name in settings:
     cfg = load_setup("quick")
-    cfg.matmul_precision = precision
+    cfg.sweep.seeds = seeds
+    for key, value in SETTINGS[name].items():
+      cfg[key] = value
     if steps:
       cfg.steps, cfg.eval_points, cfg.checkpoint_every = steps, 10, steps
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,11 +258,59 @@ def precision_check() -> None:
       elapsed = time.perf_counter() - start
       report.report(workdir)
       summary = json.loads((workdir / "summary.json").read_text())
-    train, val = ([r[key] for r in summary] for key in ("train_step", "val_step"))
+    got = {key: [r.get(key) for r in summary] for key in ("train_step", "val_step")}
     final = [round(r["final_val_acc"], 3) for r in summary]
+    verdict = ""
+    if ref is None:
+      ref = got
+    else:
+      verdict = "; " + ", ".join(_within(key, got[key], ref[key]) for key in got)
     print(
-      f"{precision:>8}: steps to 99% train {train}, val {val}; "
-      f"final val acc {final}; {elapsed:.0f} s"
+      f"{name:>8}: steps to 99% train {got['train_step']}, val {got['val_step']}; "
+      f"final val acc {final}; {elapsed:.0f} s{verdict}",
+      flush=True,
+    )
+
+
+def _within(key: str, values: list, ref: list) -> str:
+  """Whether the median of ``values`` lies in the seed range of the reference ``ref``."""
+  if None in values or None in ref:
+    same = [v is None for v in values] == [r is None for r in ref]
+    return f"{key}: {'as' if same else 'NOT as'} the reference (some seeds never reach 99%)"
+  lo, hi, mid = min(ref), max(ref), sorted(values)[len(values) // 2]
+  inside = "within" if lo <= mid <= hi else "OUTSIDE"
+  return f"{key}: median {mid} {inside} the reference's seed range [{lo}, {hi}]"
+
+
+def invariance_check() -> None:
+  """Seed 1 of the quick demo trained with seeds 0, 1, 2 and alone: bit for bit the
+  same parameters in the exact layout (groups of --vmap_group runs); and in the
+  default one (on an accelerator: one vmap of all runs, which changes with K)."""
+  group = _VMAP_GROUP.value or 8
+  steps = 20 if _QUICK.value else 200
+  print(
+    f"# {jax.local_devices()[0].device_kind} x{jax.device_count()}: configs/quick.py, seed 1 "
+    f"of 3 vs alone, {steps} steps",
+    flush=True,
+  )
+  for mode, g in (("exact", group), ("default", 0)):
+    leaves = []
+    for seeds in ((0, 1, 2), (1,)):
+      cfg = load_setup("quick")
+      cfg.sweep.seeds, cfg.vmap_group, cfg.matmul_precision = seeds, g, _PRECISION.value
+      s = sweep.build(cfg)
+      table, (runs,) = sweep.device_inputs(s)
+      ((init, chunk),) = sweep.sweep_fns(s)
+      states, _ = chunk(table, runs, init(table, runs), steps)
+      k = seeds.index(1)
+      leaves.append([np.asarray(x)[k] for x in jax.tree.leaves(states.params)])
+    g_used = sweep.vmap_group(s.cfg, s.programs[0].static.batch)
+    same = all(np.array_equal(a, b) for a, b in zip(*leaves))
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*leaves))
+    print(
+      f"{mode:>8} (vmap group {g_used or 'all'}): "
+      + ("bit-identical" if same else f"DIFFERENT, max |delta param| {diff:.3g}"),
+      flush=True,
     )
 
 
@@ -226,6 +330,8 @@ def main(argv):
     return bench_checkpoint(_CHECKPOINT_K.value)
   if _PRECISION_CHECK.value:
     return precision_check()
+  if _INVARIANCE_CHECK.value:
+    return invariance_check()
   device = _run_child(["--_probe"], _K_TIMEOUT_S.value)
   if "error" in device:
     print(f"# device probe {device['error']}", flush=True)
@@ -250,7 +356,7 @@ def main(argv):
   )
   print(
     f"{'setup':>6} {'framework':>9} {'K':>4} {'run-steps/s':>12} {'vs torch':>8} "
-    f"{'compile s':>9} {'MiB/run':>8} {'TFLOP/s':>8} {'vmap group':>10}",
+    f"{'compile s':>9} {'MiB/run':>8} {'TFLOP/s':>8} {'vmap group':>10} {'dtype':>8}",
     flush=True,
   )
   out = Path(_OUT.value)
@@ -270,7 +376,12 @@ def main(argv):
         eval_every=eval_every,
         stall=framework == "grokjax" and str(k) in _STALL_KS.value,
       )
-      row = _run_child([f"--_measure={json.dumps(spec)}", f"--precision={_PRECISION.value}"], limit)
+      settings = [
+        f"--precision={_PRECISION.value}",
+        f"--compute_dtype={_COMPUTE_DTYPE.value}",
+        f"--vmap_group={_VMAP_GROUP.value}",
+      ]
+      row = _run_child([f"--_measure={json.dumps(spec)}", *settings], limit)
       if row is None:  # torch did not import in the child after all
         continue
       row = {"framework": framework, "k": k, **row}
@@ -280,6 +391,7 @@ def main(argv):
         steps=steps,
         eval_every=eval_every,
         precision=_PRECISION.value,
+        compute_dtype=_COMPUTE_DTYPE.value,
       )
       if framework == "pytorch" and "error" not in row:
         base = row
@@ -305,7 +417,7 @@ def _print_row(row: dict) -> None:
     f"{head} {row['run_steps_per_s']:>12.1f} "
     f"{_cell(row, 'vs_torch', '.2f'):>8} {_cell(row, 'compile_s', '.1f'):>9} "
     f"{format(mem, '.1f') if mem is not None else '-':>8} {_cell(row, 'tflops', '.3f'):>8} "
-    f"{_cell(row, 'vmap_group', 'd'):>10}",
+    f"{_cell(row, 'vmap_group', 'd'):>10} {row.get('compute_dtype', '-'):>8}",
     flush=True,
   )
 

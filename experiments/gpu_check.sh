@@ -5,20 +5,22 @@
 # summary comes last. About 8 minutes at most on one H100.
 #
 #   bash experiments/gpu_check.sh              # the GPU check
-#   bash experiments/gpu_check.sh --dry-run    # the same steps with tiny settings (CPU, ~2 min)
+#   bash experiments/gpu_check.sh --dry-run    # the same steps with tiny settings (CPU, ~5 min)
 #   GPU_CHECK_QUICK=1 bash experiments/gpu_check.sh   # the same as --dry-run
 #
 # Steps: (0) ml-collections and absl-py, if `import ml_collections` fails: pip install from
 # wheels in $GPU_CHECK_WHEELS, ./shared/wheels, ./wheels or ./.whl (no network needed),
 # else from the package index; into a folder put on PYTHONPATH; (1) nvidia-smi -L and
-# jax.devices(); (a) bench.py, paper setup, K = 1, 256; (b) bench.py, quick setup,
-# K = 256; (c) bench.py --precision_check; (d) a timed 10,000-step sweep of
-# configs/div.py (27 runs).
+# jax.devices(); (a) bench.py, paper setup, K = 1, 256 (the default layout: one vmap);
+# (b) the same, K = 256, compute_dtype=bfloat16; (c) the same, K = 256, the exact
+# layout (vmap_group=32); (d) bench.py --invariance_check (seed 1 alone = seed 1 of 3,
+# bit for bit?); (e) bench.py --precision_check (float32 highest vs bfloat16); (f) a
+# timed 10,000-step sweep of configs/div.py (27 runs); (g) bench.py, quick setup, K = 256.
 #
 # Environment: OUT_DIR (default ${OUT:-/tmp/gpu_check}) gets bench_paper.json,
-# bench_quick.json and div_summary.json; PYTHON (default python3); GPU_CHECK_BUDGET_S
-# (default 460; 1200 with --dry-run) bounds the whole script: a step gets at most what
-# is left of it.
+# bench_bf16.json, bench_exact.json, bench_quick.json and div_summary.json; PYTHON
+# (default python3); GPU_CHECK_BUDGET_S (default 470; 1500 with --dry-run) bounds the
+# whole script: a step gets at most what is left of it.
 
 set -u
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ QUICK=${GPU_CHECK_QUICK:-0}
 for arg in "$@"; do
   case $arg in
     --dry-run | --quick) QUICK=1 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument $arg; use --dry-run or nothing" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +43,7 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 SITE=$TMP/site # where step (0) installs missing packages
 export PY SITE PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}:$SITE"
-if [[ $QUICK == 1 ]]; then BUDGET=${GPU_CHECK_BUDGET_S:-1200}; else BUDGET=${GPU_CHECK_BUDGET_S:-460}; fi
+if [[ $QUICK == 1 ]]; then BUDGET=${GPU_CHECK_BUDGET_S:-1500}; else BUDGET=${GPU_CHECK_BUDGET_S:-470}; fi
 START=$SECONDS
 SUMMARY=()
 FAILED=0
@@ -124,25 +126,34 @@ BENCH=("$PY" experiments/bench.py)
 if [[ $QUICK == 1 ]]; then
   echo "# gpu_check --dry-run: the same steps with tiny settings"
   PAPER_ARGS=(--quick --setups=paper --ks=1 --k_timeout_s=240)
-  QUICK_ARGS=(--quick --setups=quick --ks=2 --k_timeout_s=240)
-  PREC_ARGS=(--precision_check --quick)
+  BF16_ARGS=(--quick --setups=quick --ks=1 --compute_dtype=bfloat16 --k_timeout_s=240)
+  EXACT_ARGS=(--quick --setups=quick --ks=3 --vmap_group=2 --k_timeout_s=240)
+  INV_ARGS=(--invariance_check --quick --vmap_group=2)
+  PREC_ARGS=(--precision_check --quick --check_settings=highest,bfloat16)
   DIV_ARGS=(--config.steps=20 --config.p=7 --config.sweep.seeds=0 --config.sweep.train_fracs=0.5)
-  T_DEPS=120 T_DEV=120 T_A=300 T_B=300 T_C=400 T_D=300
+  QUICK_ARGS=(--quick --setups=quick --ks=2 --k_timeout_s=240)
+  T_DEPS=120 T_DEV=120 T_A=300 T_BF16=240 T_EXACT=240 T_INV=300 T_C=400 T_D=300 T_B=240
 else
-  # Measured on one H200 (2026-11-26): paper K=1, 64, 256 took 146 s, quick K=64, 256 85 s,
-  # the precision check ~25 s per precision plus start-up, div 20k steps 88 s after compiling.
+  # Measured on one H200 (2026-11-26): paper K=1, 64, 256 took 146 s (a K: ~5 s to start,
+  # ~20 s to compile, the steps), quick K=64, 256 85 s, the precision check ~25 s per
+  # setting plus start-up, div 20k steps 88 s after compiling. Not yet measured: (b)-(d).
   PAPER_ARGS=(--setups=paper --ks=1,256 --steps=500 --k_timeout_s=100)
-  QUICK_ARGS=(--setups=quick --ks=256 --steps=500 --k_timeout_s=100)
-  PREC_ARGS=(--precision_check)
+  BF16_ARGS=(--setups=paper --ks=256 --steps=500 --compute_dtype=bfloat16 --k_timeout_s=60)
+  EXACT_ARGS=(--setups=paper --ks=256 --steps=500 --vmap_group=32 --k_timeout_s=60)
+  INV_ARGS=(--invariance_check --vmap_group=32)
+  PREC_ARGS=(--precision_check --check_settings=highest,bfloat16)
   DIV_ARGS=(--config.steps=10000)
-  T_DEPS=100 T_DEV=60 T_A=110 T_B=60 T_C=120 T_D=110
+  QUICK_ARGS=(--setups=quick --ks=256 --steps=500 --k_timeout_s=50)
+  T_DEPS=60 T_DEV=40 T_A=110 T_BF16=65 T_EXACT=65 T_INV=70 T_C=90 T_D=90 T_B=55
 fi
 echo "# $(date -u +%FT%TZ) $(hostname), python $PY, output to $OUT_DIR, budget ${BUDGET} s"
 
 step deps "$T_DEPS" install_deps
 step device "$T_DEV" show_device
 step bench_paper "$T_A" "${BENCH[@]}" "${PAPER_ARGS[@]}" --torch=false --out="$OUT_DIR/bench_paper.json"
-step bench_quick "$T_B" "${BENCH[@]}" "${QUICK_ARGS[@]}" --torch=false --out="$OUT_DIR/bench_quick.json"
+step bench_bf16 "$T_BF16" "${BENCH[@]}" "${BF16_ARGS[@]}" --torch=false --out="$OUT_DIR/bench_bf16.json"
+step bench_exact "$T_EXACT" "${BENCH[@]}" "${EXACT_ARGS[@]}" --torch=false --out="$OUT_DIR/bench_exact.json"
+step invariance_check "$T_INV" "${BENCH[@]}" "${INV_ARGS[@]}"
 step precision_check "$T_C" "${BENCH[@]}" "${PREC_ARGS[@]}"
 DIV_T0=$(now)
 if step div_sweep "$T_D" "$PY" experiments/sweep.py --config configs/div.py "${DIV_ARGS[@]}" --workdir="$TMP/div"; then
@@ -159,10 +170,12 @@ print(f"div sweep: {runs} runs x {steps} steps in {wall:.1f} s wall (start, comp
 EOF
 fi
 
+step bench_quick "$T_B" "${BENCH[@]}" "${QUICK_ARGS[@]}" --torch=false --out="$OUT_DIR/bench_quick.json"
+
 echo
 echo "=== summary ($((SECONDS - START)) s)"
 for line in "${SUMMARY[@]}"; do echo "  $line"; done
-"$PY" - "$OUT_DIR"/bench_paper.json "$OUT_DIR"/bench_quick.json <<'EOF'
+"$PY" - "$OUT_DIR"/bench_{paper,bf16,exact,quick}.json <<'EOF'
 import json, sys
 from pathlib import Path
 for name in sys.argv[1:]:
@@ -177,7 +190,8 @@ for name in sys.argv[1:]:
         continue
     cells = [
         f"K={r['k']} {r['error']}" if "error" in r else
-        f"K={r['k']} {r['run_steps_per_s']:.0f} run-steps/s (compile {r.get('compile_s', 0):.1f} s)"
+        f"K={r['k']} {r['run_steps_per_s']:.0f} run-steps/s (compile {r.get('compile_s', 0):.1f} s, "
+        f"vmap group {r.get('vmap_group')}, {r.get('compute_dtype', 'float32')})"
         for r in rows
     ]
     print(f"  {path.name}: {len(rows)} rows: " + ("; ".join(cells) or "none"))

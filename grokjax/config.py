@@ -53,8 +53,7 @@ SWEEP_KEYS = (
     0,
     "G > 0: exact mode, every run computed in a vmap group of exactly G runs (padded), so "
     "its numbers do not depend on K, the device count or its neighbours; 0: auto (CPU: exact, "
-    "G = max(1, min(4, 256 // batch)); accelerator: all runs of a device in one vmap, fastest, "
-    "last bits change with K)",
+    "G = 1; accelerator: all runs of a device in one vmap, fastest, last bits change with K)",
     lambda v: v >= 0,
     ">= 0",
   ),

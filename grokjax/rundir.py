@@ -55,15 +55,14 @@ class RunDir(NamedTuple):
     with contextlib.ExitStack() as stack:
       if saved:
         mngr = stack.enter_context(checkpoint.manager(self.path, keep=None, create=False))
+      table, runs = sweep.device_inputs(sw)
       if step == 0 and 0 not in saved:
-        table, runs = sweep.device_inputs(sw)
         states = [init(table, r) for (init, _), r in zip(sweep.sweep_fns(sw), runs)]
       else:
         if not saved or (step is not None and step not in saved):
           raise UserError(f"no checkpoint at step {step} in {self.path}; saved steps: {saved}")
-        # Restore the runs as saved: padded to the device count of the machine that saved them.
-        table, runs = sweep.device_inputs(sw, checkpoint.saved_meta(mngr, step).get("padded_runs"))
-        states, _ = sweep.restore(sw, mngr, sweep.sweep_fns(sw), table, runs, step)
+        # In this machine's layout, whatever the padding of the one that saved them.
+        states, _ = sweep.restore(sw, mngr, table, runs, step)
     out = [None] * len(sw.runs)
     for prog, state in zip(sw.programs, states):
       host = jax.tree.map(np.asarray, state.params)

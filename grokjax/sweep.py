@@ -40,6 +40,7 @@ RECONFIGURABLE = {
   "eval_points",
   "eval_batch",
   "threshold",
+  "phase",
   "checkpoint_every",
   "checkpoint_keep",
   "log",
@@ -125,7 +126,15 @@ def _program(sweep_cfg, runs: list[dict], members: list[int], table, batch: int)
     dict(name=mod.name, **{k.field: values[k.field] for k in mod.keys}), table.vocab_size, table.n
   )
   static = train.Static(
-    model, opt, used, values, loss.fn, batch, sweep_cfg.eval_batch, sweep_cfg.eval_float64
+    model,
+    opt,
+    used,
+    values,
+    loss.fn,
+    batch,
+    sweep_cfg.eval_batch,
+    sweep_cfg.eval_float64,
+    sweep_cfg.compute_dtype,
   )
   return Program(static, np.asarray(members))
 
@@ -172,8 +181,8 @@ def build(cfg) -> Sweep:
 
 def run_arrays(sweep: Sweep, prog: Program, multiple: int = 1) -> train.Run:
   """A program's runs as stacked arrays, padded with copies of its last run to a
-  multiple of ``multiple`` (the device count). Each run gets the rows of its
-  operation, padded to the largest operation's count."""
+  multiple of ``multiple`` (``device_inputs``: whole vmap groups on every device).
+  Each run gets the rows of its operation, padded to the largest operation's count."""
   k = len(prog.runs)
   idx = prog.runs[np.minimum(np.arange(-(-k // multiple) * multiple), k - 1)]
   own = sweep.train_masks[idx] | sweep.val_masks[idx]  # [K', N]
@@ -195,52 +204,105 @@ def run_arrays(sweep: Sweep, prog: Program, multiple: int = 1) -> train.Run:
   )
 
 
+def mesh() -> jax.sharding.Mesh:
+  """Every device of every process on one axis, ``runs``: the run axis is split over it."""
+  return jax.make_mesh((jax.device_count(),), ("runs",), axis_types=(AxisType.Auto,))
+
+
 def device_inputs(sweep: Sweep, padding=None) -> tuple[data.Table, list[train.Run]]:
-  """The table (replicated) and each program's runs (split over every device on the
-  run axis, padded to a multiple of the device count, or to ``padding[i]`` runs)."""
-  mesh = jax.make_mesh((jax.device_count(),), ("runs",), axis_types=(AxisType.Auto,))
+  """The table (replicated) and each program's runs, split over every device on the
+  run axis and padded so that each device holds whole vmap groups
+  (``train.padded_runs``), or to a multiple of ``padding[i]`` runs."""
+  m = mesh()
   runs = []
   for i, prog in enumerate(sweep.programs):
-    multiple = padding[i] if padding else jax.device_count()
-    runs.append(jax.device_put(run_arrays(sweep, prog, multiple), NamedSharding(mesh, P("runs"))))
-  return jax.device_put(sweep.table, NamedSharding(mesh, P())), runs
+    group = vmap_group(sweep.cfg, prog.static.batch)
+    multiple = padding[i] if padding else train.padded_runs(1, group, jax.device_count())
+    runs.append(jax.device_put(run_arrays(sweep, prog, multiple), NamedSharding(m, P("runs"))))
+  return jax.device_put(sweep.table, NamedSharding(m, P())), runs
 
 
-def abstract_states(init, table, runs):
-  """Shapes, dtypes and shardings of a program's batched state, without computing it."""
-  sharding = runs.seed.sharding  # every state leaf has the run axis first
+def abstract_states(static: train.Static, table, runs, k: int | None = None, sharding=None):
+  """Shapes, dtypes and shardings of a program's batched state (``runs``' run axis and
+  sharding, or ``k`` runs and ``sharding`` if given), without computing it."""
+  sharding = sharding or runs.seed.sharding  # every state leaf has the run axis first
+  shapes = jax.eval_shape(jax.vmap(lambda r: train.init_state(static, table, r)), runs)
   return jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-    jax.eval_shape(init, table, runs),
+    lambda x: jax.ShapeDtypeStruct((k or x.shape[0], *x.shape[1:]), x.dtype, sharding=sharding),
+    shapes,
   )
 
 
 def sweep_fns(sweep: Sweep) -> list[tuple]:
-  """Per program, the jitted, vmapped (init, chunk) of ``train.make_sweep_fns``."""
+  """Per program, the jitted (init, chunk) of ``train.make_sweep_fns``: groups of
+  ``vmap_group`` runs, the run axis split over every device."""
   cfg = sweep.cfg
   precision = None if cfg.matmul_precision == "default" else cfg.matmul_precision
+  m = mesh()
   return [
-    train.make_sweep_fns(p.static, precision, vmap_group(cfg, p.static.batch))
+    train.make_sweep_fns(p.static, precision, vmap_group(cfg, p.static.batch), m)
     for p in sweep.programs
   ]
 
 
-def restore(sweep: Sweep, mngr, fns, table, runs, step: int | None = None):
+def _saved_padding(sweep: Sweep, meta: dict) -> list[int]:
+  """Each program's run-axis length in a checkpoint (its ``padded_runs``; before
+  that was recorded: the count padded to a multiple of the device count)."""
+  saved = meta.get("padded_runs")
+  if saved is None:
+    d = jax.device_count()
+    return [-(-len(p.runs) // d) * d for p in sweep.programs]
+  if len(saved) != len(sweep.programs) or any(
+    n < len(p.runs) for n, p in zip(saved, sweep.programs)
+  ):
+    raise UserError(
+      f"the checkpoints hold {saved} runs per program, this sweep has "
+      f"{[len(p.runs) for p in sweep.programs]}: they are of another sweep or another "
+      "version of grokjax; move the checkpoints folder away to start over"
+    )
+  return [int(n) for n in saved]
+
+
+def restore(sweep: Sweep, mngr, table, runs, step: int | None = None):
   """(states per program, meta) of the checkpoint at ``step`` (default: the latest),
-  or None without one: the one way a sweep's state is read back."""
-  abstract = [abstract_states(init, table, r) for (init, _), r in zip(fns, runs)]
-  return checkpoint.restore(mngr, abstract, step)
+  or None without one: the one way a sweep's state is read back. The states come
+  back in the layout of ``runs`` (``device_inputs``), whatever the device count and
+  vmap group of the machine that saved them: a checkpoint saved with another
+  padding is read whole, its runs taken and padded again."""
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    return None
+  saved = _saved_padding(sweep, checkpoint.saved_meta(mngr, step))
+  abstract = []
+  for prog, r, n in zip(sweep.programs, runs, saved):
+    whole = NamedSharding(r.seed.sharding.mesh, P())  # every device reads every run
+    same = n == r.seed.shape[0]
+    abstract.append(abstract_states(prog.static, table, r, n, None if same else whole))
+  states, meta = checkpoint.restore(mngr, abstract, step)
+  out = []
+  for prog, r, n, state in zip(sweep.programs, runs, saved, states):
+    if n != r.seed.shape[0]:
+      idx = np.minimum(np.arange(r.seed.shape[0]), len(prog.runs) - 1)
+      take = lambda s, idx=idx: jax.tree.map(lambda x: x[idx], s)
+      state = jax.jit(take, out_shardings=r.seed.sharding)(state)
+    out.append(state)
+  return out, meta
 
 
 def vmap_group(cfg, batch: int) -> int | None:
-  """Runs vmapped together (None: all). An accelerator takes every run at once.
-  On CPU, one run at batch >= 256 already keeps the cores busy and more runs only
-  spill the caches, so runs go one at a time; smaller batches pair up (measured on
-  2 cores: quick config K = 32 at 147 run-steps/s all vmapped, 180 in pairs, ~170
-  one at a time; paper batch 512, K = 8: 41 vmapped, 47 one at a time)."""
+  """Runs vmapped together: every run is computed in a group of exactly this many
+  (``train.make_sweep_fns``), so its numbers do not depend on the other runs, their
+  number or the device count; None: all of a device's runs in one vmap (the program
+  then changes with K). ``config.vmap_group`` if > 0; else, on an accelerator, None
+  (one vmap is where batching pays: docs/performance.md says what exactness costs
+  there); on CPU 1: one run at a time already keeps 2 cores busy (paper batch 512,
+  K = 8: 41 run-steps/s all vmapped, 47 one at a time); pairs were 6% faster at batch
+  128 (quick config, K = 32: 180 vs ~170), but a fixed pair computes a padding run for
+  an odd K (the quick demo's 3 seeds would cost 4 runs, one run alone 2)."""
+  del batch  # the group no longer depends on it: one rule, whatever the runs
   if cfg.vmap_group:
     return cfg.vmap_group
-  return max(1, 256 // batch) if jax.default_backend() == "cpu" else None
+  return 1 if jax.default_backend() == "cpu" else None
 
 
 def default_workdir(cfg) -> Path:
@@ -328,26 +390,20 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _restore_newest(sweep: Sweep, mngr, fns, table, runs, workdir: Path):
+def _restore_newest(sweep: Sweep, mngr, table, runs, workdir: Path):
   """(states, meta) of the newest checkpoint that restores, or None without one. A
   damaged newer one is moved aside to RUN_DIR/damaged/ and named in one line."""
   steps = sorted(mngr.all_steps(), reverse=True)
   failed = []
-  padded = [int(r.seed.shape[0]) for r in runs]
   for step in steps:
     try:
-      saved = checkpoint.saved_meta(mngr, step).get("padded_runs")
+      meta = checkpoint.saved_meta(mngr, step)
     except Exception as e:
       failed.append((step, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
       continue
-    if saved not in (None, padded):
-      raise UserError(
-        f"the checkpoints in {workdir} hold {saved} runs per program with padding, this "
-        f"machine's {jax.device_count()} devices pad to {padded}: resume on as many devices "
-        "as it started on"
-      )
+    _saved_padding(sweep, meta)  # a checkpoint of another sweep: refused, not "damaged"
     try:
-      restored = restore(sweep, mngr, fns, table, runs, step)
+      restored = restore(sweep, mngr, table, runs, step)
     except Exception as e:  # Orbax raises many kinds for missing or truncated files
       failed.append((step, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
       continue
@@ -416,7 +472,7 @@ def _train(sweep: Sweep, workdir: Path, primary: bool, trackers, progress: bool)
   fns = sweep_fns(sweep)
   mngr = checkpoint.manager(workdir, cfg.checkpoint_keep)
   padded = [int(r.seed.shape[0]) for r in runs]
-  restored = _restore_newest(sweep, mngr, fns, table, runs, workdir)
+  restored = _restore_newest(sweep, mngr, table, runs, workdir)
   start = 0
   if restored:
     states, meta = restored

@@ -301,9 +301,9 @@ def _summary(train, val, loss=None):
   return analysis.summarize_arrays(metrics, [dict(index=0)], 0.99)[0]
 
 
-def step_curve(at, n=len(GRID), low=0.1):
+def step_curve(at, low=0.1):
   """Accuracy ``low`` until evaluation ``at`` (None: never), 1.0 from then on."""
-  return [1.0 if at is not None and t >= at else low for t in range(n)]
+  return [1.0 if at is not None and t >= at else low for t in range(len(GRID))]
 
 
 @pytest.mark.parametrize(

@@ -98,11 +98,27 @@ def test_gpu_check_dry_run(tmp_path):
     timeout=1500,
   )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-  for name, setup, k in (("bench_paper.json", "paper", 1), ("bench_quick.json", "quick", 2)):
+  rows = (
+    ("bench_paper.json", "paper", 1, "float32", 1),
+    ("bench_bf16.json", "quick", 1, "bfloat16", 1),
+    ("bench_exact.json", "quick", 3, "float32", 2),  # 3 runs in pairs: padded to 4
+    ("bench_quick.json", "quick", 2, "float32", 1),
+  )
+  for name, setup, k, dtype, group in rows:
     (row,) = json.loads((tmp_path / name).read_text())
-    assert (row["setup"], row["k"]) == (setup, k) and row["run_steps_per_s"] > 0, row
+    assert (row["setup"], row["k"], row["compute_dtype"]) == (setup, k, dtype), row
+    assert row["vmap_group"] == group and row["run_steps_per_s"] > 0, row
   assert json.loads((tmp_path / "div_summary.json").read_text())
-  for text in ("backend cpu", "steps to 99% train", "div sweep: 1 runs x 20 steps", "=== summary"):
+  texts = (
+    "backend cpu",
+    "steps to 99% train",
+    "bfloat16: steps to 99% train",
+    "exact (vmap group 2): bit-identical",
+    "div sweep: 1 runs x 20 steps",
+    "=== summary",
+  )
+  for text in texts:
     assert text in out.stdout, text
-  for step in ("deps", "device", "bench_paper", "bench_quick", "precision_check", "div_sweep"):
+  steps = ("deps", "device", "bench_paper", "bench_bf16", "bench_exact", "invariance_check")
+  for step in (*steps, "precision_check", "div_sweep", "bench_quick"):
     assert f"  {step}: ok" in out.stdout, step

@@ -1,8 +1,10 @@
 """Every shipped config gives the numbers it gave before the registry refactor.
 
 tests/golden/shipped.json holds the metric log of each shipped config, shrunk to a
-few steps (tests/shipped.py), as commit a21e3cc computed it. On the same jax and
-jaxlib the numbers must match bit for bit; on another version, to float32 rounding.
+few steps and trained one run per vmap group (tests/shipped.py), as commit a21e3cc
+computed it (tests/golden/make_golden.py with that commit's grokjax on PYTHONPATH). On
+the same jax and jaxlib the numbers must match bit for bit; on another version, to
+float32 rounding.
 """
 
 import json
@@ -14,12 +16,6 @@ import numpy as np
 import pytest
 from shipped import CASES, metrics
 
-# Before the registry, variants.py trained its 21 runs in one program, vmapped in pairs
-# on CPU. Now Grokfast-MA's runs (9-11) and StableMax's (15-17) train in programs of
-# their own, so the last of each, once paired with the run before it, is vmapped
-# alone, which moves its last bits (3e-7 relative after 105 steps). Every other run of
-# every shipped config is unchanged, bit for bit.
-REGROUPED = {"variants.py": {11, 17}}
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "shipped.json").read_text())
 SAME_JAX = (GOLDEN["jax"], GOLDEN["jaxlib"]) == (jax.__version__, jaxlib.__version__)
 
@@ -32,8 +28,6 @@ def test_shipped_config_gives_the_same_numbers(case, tmp_path):
   for g, w in zip(got, want):
     assert set(g) == set(w)
     for name in (n for n in w if n != "step"):
-      exact = [k for k in range(len(w[name])) if k not in REGROUPED.get(case, ())]
       if SAME_JAX:
-        got, want = np.take(g[name], exact), np.take(w[name], exact)
-        assert np.array_equal(got, want, equal_nan=True), (case, name, w["step"])
+        assert np.array_equal(g[name], w[name], equal_nan=True), (case, name, w["step"])
       np.testing.assert_allclose(g[name], w[name], rtol=1e-5, atol=1e-7, equal_nan=True)

@@ -1,5 +1,6 @@
 """The run axis split over 4 (fake CPU) devices, in one process or two, gives the same
-numbers as 1 device."""
+numbers as 1 device, bit for bit (each device runs the one-device program on its share),
+and a sweep resumes on another device count."""
 
 import json
 import os
@@ -9,11 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from grokjax import logs, rundir, sweep
-from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent
 
@@ -22,42 +21,60 @@ SCRIPT = textwrap.dedent("""
     import jax
     sys.path.insert(0, {tests!r})
     from tiny_config import get_config
-    from grokjax import sweep
+    import numpy as np
+    from grokjax import sweep, train
     cfg = get_config()
     cfg.sweep.seeds, cfg.sweep.train_fracs = (0, 1, 2), (0.5,)  # 3 runs on 4 devices
     s = sweep.build(cfg)
     table, (runs,) = sweep.device_inputs(s)
     ((init, chunk),) = sweep.sweep_fns(s)
-    states, _ = chunk(table, runs, init(table, runs), 3)
+    states, metrics = chunk(table, runs, init(table, runs), 3)
     leaf = jax.tree.leaves(states.params)[0]
-    sweep.run_sweep(cfg, {workdir!r}, progress=False)
+    # The fast layout (an accelerator's default): one partitioned program, a vmap per device.
+    f_init, f_chunk = train.make_sweep_fns(s.programs[0].static, None, None, sweep.mesh())
+    fast, fast_metrics = f_chunk(table, runs, f_init(table, runs), 3)
+    pairs = zip(jax.tree.leaves((states, metrics)), jax.tree.leaves((fast, fast_metrics)))
+    err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs)
+    sweep.run_sweep(cfg, {workdir!r}, progress=False)  # 40 steps, then 20 more: 4 -> 4 devices
+    cfg.steps = 60
+    sweep.run_sweep(cfg, {workdir!r}, reconfigure=True, progress=False)
+    sweep.run_sweep(cfg, {grow!r}, reconfigure=True, progress=False)  # 1 -> 4 devices
     print(json.dumps(dict(devices=jax.device_count(), padded=leaf.shape[0],
                           shards=len(leaf.sharding.device_set),
-                          shard_rows=leaf.addressable_shards[0].data.shape[0])))
+                          shard_rows=leaf.addressable_shards[0].data.shape[0],
+                          fast_shards=len(jax.tree.leaves(fast.params)[0].sharding.device_set),
+                          fast_close=err < 1e-4)))
 """)
 
 
 @pytest.mark.slow
 def test_sharded_sweep_equals_unsharded(tmp_path, tiny):
+  # 60 steps on one device; on 4 devices, resumed there after 40; and 40 steps on one
+  # device resumed on 4 (its checkpoint of 3 runs read whole and padded to 4).
+  cfg = tiny(**{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)})
+  sweep.run_sweep(cfg, tmp_path / "grow", progress=False)
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  script = SCRIPT.format(tests=str(ROOT), workdir=str(tmp_path / "sharded"))
+  script = SCRIPT.format(
+    tests=str(ROOT), workdir=str(tmp_path / "sharded"), grow=str(tmp_path / "grow")
+  )
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
   assert out.returncode == 0, out.stderr
   info = json.loads(out.stdout.strip().splitlines()[-1])
-  assert info == dict(devices=4, padded=4, shards=4, shard_rows=1)
+  assert info == dict(devices=4, padded=4, shards=4, shard_rows=1, fast_shards=4, fast_close=True)
 
-  single = sweep.run_sweep(
-    tiny(**{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)}),
-    tmp_path / "single",
-    progress=False,
+  cfg.steps = 60
+  single = logs.read_metrics(
+    sweep.run_sweep(cfg, tmp_path / "single", progress=False) / "metrics.msgpack"
   )
-  a = logs.read_metrics(tmp_path / "sharded" / "metrics.msgpack")
-  b = logs.read_metrics(single / "metrics.msgpack")
-  assert [r["step"] for r in a] == [r["step"] for r in b]
-  for ra, rb in zip(a, b):
-    for name in ("train_loss", "val_loss", "val_acc", "param_norm"):
-      assert len(ra[name]) == 3  # the padding run is not logged
-      np.testing.assert_allclose(ra[name], rb[name], rtol=1e-4, atol=1e-6)
+  assert [r["step"] for r in single] == list(range(0, 61, 10))
+  for name in ("sharded", "grow"):
+    records = logs.read_metrics(tmp_path / name / "metrics.msgpack")
+    assert [r["step"] for r in records] == [r["step"] for r in single]
+    for ra, rb in zip(records, single):
+      assert ra.keys() == rb.keys()
+      for metric in (n for n in ra if n != "step"):
+        assert len(ra[metric]) == 3  # the padding run is not logged
+        assert ra[metric] == rb[metric], (name, metric, ra["step"])
 
 
 @pytest.mark.slow
@@ -93,19 +110,17 @@ def test_two_processes_equal_one(tmp_path, tiny):
   assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
   assert "run directory" in outs[0] and "run directory" not in outs[1]  # process 0 reports
 
-  cfg = tiny(**{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)})
+  # One process, one device, 20 steps more: the first 40 as the two processes logged them.
+  cfg = tiny(steps=60, **{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)})
   single = sweep.run_sweep(cfg, tmp_path / "single", progress=False)
   a = logs.read_metrics(tmp_path / "multi" / "metrics.msgpack")
   b = logs.read_metrics(single / "metrics.msgpack")
-  assert [r["step"] for r in a] == [r["step"] for r in b]
+  assert [r["step"] for r in a] == [r["step"] for r in b if r["step"] <= 40]
   for ra, rb in zip(a, b):
-    for name in ("train_loss", "val_loss", "val_acc", "param_norm"):
-      np.testing.assert_allclose(ra[name], rb[name], rtol=1e-4, atol=1e-6)
-  # The checkpoint written by two processes loads in one.
+    assert ra == rb
+  # The checkpoint written by two processes (4 runs: 3 and a padding copy) loads in one.
   loaded = rundir.load_run(tmp_path / "multi", 2)
-  assert loaded.accuracy("train") == pytest.approx(b[-1]["train_acc"][2], abs=1e-6)
-  # Resuming it on one device (3 runs, no padding) is refused, with nothing touched.
-  before = (tmp_path / "multi" / "metrics.msgpack").read_bytes()
-  with pytest.raises(UserError, match="resume on as many devices"):
-    sweep.run_sweep(cfg, tmp_path / "multi", progress=False)
-  assert (tmp_path / "multi" / "metrics.msgpack").read_bytes() == before
+  assert loaded.accuracy("train") == pytest.approx(b[len(a) - 1]["train_acc"][2], abs=1e-6)
+  # and the sweep resumes there (no padding on one device) to give the one-device numbers.
+  sweep.run_sweep(cfg, tmp_path / "multi", reconfigure=True, progress=False)
+  assert logs.read_metrics(tmp_path / "multi" / "metrics.msgpack") == b

@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from grokjax import methods, optim, sweep, train
+from grokjax import config, optim, registry, sweep, train
 
 
 def _setup(cfg):
@@ -27,7 +27,8 @@ def _initial_run(s, prog, table, k):
 
 @pytest.mark.slow
 def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
-  # Different fractions (so different batch sizes), seeds and learning rates.
+  # Different fractions (so different batch sizes), seeds and learning rates; one run
+  # per vmap group (CPU's default): bit for bit (tests/test_invariance.py: more).
   cfg = tiny(**{"sweep.lr": (1e-3, 3e-3)})
   s, prog, table = _setup(cfg)
   runs = sweep.run_arrays(s, prog)
@@ -38,9 +39,9 @@ def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
     alone = _subset(runs, [i])
     state_i, metrics_i = chunk(table, alone, init(table, alone), 25)
     for a, b in zip(jax.tree.leaves(state_i.params), jax.tree.leaves(states.params)):
-      np.testing.assert_allclose(a[0], b[i], rtol=1e-4, atol=1e-4)
+      np.testing.assert_array_equal(a[0], b[i])
     for name in train.METRICS:
-      np.testing.assert_allclose(metrics_i[name][0], metrics[name][i], rtol=1e-4, atol=1e-5)
+      np.testing.assert_array_equal(metrics_i[name][0], metrics[name][i])
 
 
 @pytest.mark.slow
@@ -87,6 +88,59 @@ def test_batches_are_epochs_over_the_train_set(tiny):
   assert np.asarray(run.train_mask)[seen].all()  # only training rows
   next_epoch, _ = train.batch_indices(run, steps_per_epoch, batch)
   assert np.asarray(next_epoch[:bs]).tolist() != seen[:bs]  # reshuffled
+
+
+@pytest.mark.slow
+def test_the_chunk_carries_each_runs_epoch_order(tiny):
+  # Epochs of 3 and 4 steps in one vmap group, 11 steps from step 2: the chunk, which
+  # draws an epoch's order only when a run enters a new epoch, takes the batches of
+  # batch_indices (which draws it at every step), so the same updates.
+  s, prog, table = _setup(
+    tiny(batch_size=8, **{"sweep.seeds": (0,), "sweep.train_fracs": (0.5, 0.8)})
+  )
+  runs = sweep.run_arrays(s, prog)
+  assert [s.steps_per_epoch(k) for k in range(2)] == [3, 4]
+  init, chunk = train.make_sweep_fns(prog.static, None, 2)
+  states, _ = chunk(table, runs, init(table, runs), 2)
+  step = jax.jit(jax.vmap(lambda r, st: train.train_step(prog.static, table, r, st)))
+  want = states
+  for _ in range(11):
+    want = step(runs, want)
+  got, _ = chunk(table, runs, states, 11)
+  assert int(got.step[0]) == 13
+  for x, y in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_keeps_float32_parameters(tiny):
+  # compute_dtype=bfloat16: the model's matmuls in bfloat16, the parameters, the Adam
+  # moments and the evaluation in float32 (step 0's metrics are float32's, exactly).
+  s32, prog32, table = _setup(tiny())
+  s16, prog16, _ = _setup(tiny(compute_dtype="bfloat16"))
+  run, params = _initial_run(s16, prog16, table, 0)
+  loss = lambda p: train.per_example(prog16.static, p, table.inputs, table.labels, "bfloat16")
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(p)[0].mean()))(params)
+  dots = [e.outvars[0].aval.dtype for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+  assert dots and all(d == jnp.bfloat16 for d in dots)
+  grads = jax.grad(lambda p: loss(p)[0].mean())(params)
+  assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+  got = {}
+  for name, s, prog in (("f32", s32, prog32), ("bf16", s16, prog16)):
+    runs = sweep.run_arrays(s, prog)
+    init, chunk = sweep.sweep_fns(s)[0]
+    states = init(table, runs)
+    _, at0 = chunk(table, runs, states, 0)
+    states, at20 = chunk(table, runs, init(table, runs), 20)
+    assert {x.dtype for x in jax.tree.leaves(states)} <= {
+      jnp.dtype(jnp.float32),
+      jnp.dtype(jnp.int32),
+    }
+    got[name] = (at0, at20)
+  for name in train.METRICS:
+    np.testing.assert_array_equal(got["f32"][0][name], got["bf16"][0][name])
+  # 20 steps later: the same training, to bfloat16's 3 significant digits and change
+  np.testing.assert_allclose(got["bf16"][1]["train_loss"], got["f32"][1]["train_loss"], rtol=0.1)
 
 
 @pytest.mark.slow
@@ -144,8 +198,10 @@ def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
 
 
 def _adamw(cfg, lr, weight_decay):
-  o = cfg.optim
-  return methods.adamw([], lr, weight_decay, o.b1, o.b2, o.warmup_steps, o.decoupled, False)
+  """AdamW as a run of ``cfg`` gets it, with this lr and weight decay."""
+  opt = registry.OPTIMIZERS["adamw"]
+  values = {k.field: config._get(cfg, k.path) for k in opt.keys}
+  return opt.make([], **{**values, "lr": lr, "weight_decay": weight_decay})
 
 
 def test_warmup_and_per_run_hyperparameters(tiny):

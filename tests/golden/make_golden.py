@@ -1,8 +1,11 @@
 """Writes tests/golden/shipped.json: the metric log of every shipped config, shrunk
-to a few steps, as the training code of the commit it runs on computes it.
+to a few steps and one run per vmap group (tests/shipped.py), as the training code that
+``grokjax`` imports computes it: to keep the golden the old code's, put that commit's
+checkout first on PYTHONPATH (this file and shipped.py stay today's).
 
-  python tests/golden/make_golden.py [CASE ...]  # on the commit before a refactor; CASEs:
-                                                  # only those, merged into the file
+  git worktree add -f /tmp/old a21e3cc
+  cd /tmp && PYTHONPATH=/tmp/old python /path/to/tests/golden/make_golden.py [CASE ...]
+                                   # CASEs: only those, merged into the file
 
 test_golden.py compares today's numbers with it (bit for bit on the same jax).
 """

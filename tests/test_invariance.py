@@ -1,0 +1,98 @@
+"""A run's numbers depend on its config and seed alone: not on how many runs share its
+program, which runs are its neighbours in a vmap group, nor the device count.
+
+Every run is computed in a vmap group of exactly ``vmap_group`` runs (the run axis is
+padded with copies of the last run); these tests hold that, bit for bit, on CPU.
+"""
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from grokjax import logs, rundir, sweep, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _quick(seeds):
+  """configs/quick.py shrunk to 100 steps and 5 evaluations."""
+  cfg = runpy.run_path(str(ROOT / "configs" / "quick.py"))["get_config"]()
+  cfg.steps, cfg.eval_points, cfg.checkpoint_every = 100, 4, 100
+  cfg.sweep.seeds = seeds
+  return cfg
+
+
+FOUR_DEVICES = textwrap.dedent("""
+    import json, sys
+    import jax
+    sys.path.insert(0, {tests!r})
+    from test_invariance import _quick
+    from grokjax import sweep
+    sweep.run_sweep(_quick((0, 1, 2)), {workdir!r}, progress=False)
+    print(json.dumps(dict(devices=jax.device_count())))
+""")
+
+
+def _bits(tree) -> list[bytes]:
+  return [np.asarray(x).tobytes() for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.slow
+def test_seed_1_equals_itself_alone_and_on_4_devices(tmp_path):
+  """Seed 1 of a 3-seed quick sweep, trained alone, and on 4 devices (3 runs padded to
+  4, one per device, each running the one-device program): the same metrics and final
+  parameters, bit for bit."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  script = FOUR_DEVICES.format(tests=str(ROOT / "tests"), workdir=str(tmp_path / "four"))
+  command = [sys.executable, "-c", script]
+  pipe = subprocess.PIPE
+  four = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=env)
+  try:
+    assert sweep.vmap_group(_quick((0,)), 128) == 1  # CPU's default: the exact layout
+    three = sweep.run_sweep(_quick((0, 1, 2)), tmp_path / "three", progress=False)
+    alone = sweep.run_sweep(_quick((1,)), tmp_path / "alone", progress=False)
+    out, err = four.communicate(timeout=600)
+  finally:
+    four.kill()
+  assert four.returncode == 0, err[-3000:]
+  assert json.loads(out.strip().splitlines()[-1]) == dict(devices=4)
+  workdirs = {"three": (three, 1), "alone": (alone, 0), "four": (tmp_path / "four", 1)}
+  logged = {name: logs.read_metrics(w / "metrics.msgpack") for name, (w, _) in workdirs.items()}
+  ref = logged["alone"]
+  assert len(ref) == 5 and ref[-1]["step"] == 100
+  for name, (_, k) in workdirs.items():
+    assert [r["step"] for r in logged[name]] == [r["step"] for r in ref]
+    for got, want in zip(logged[name], ref):
+      assert set(got) == set(want)
+      for metric in (m for m in want if m != "step"):
+        assert got[metric][k] == want[metric][0], (name, metric, got["step"])
+  # A loss that moved at all: Adam's spikes amplify any difference in the last bit.
+  assert ref[-1]["train_loss"][0] < 0.5 * ref[0]["train_loss"][0]
+  params = {name: rundir.load(w).params()[k] for name, (w, k) in workdirs.items()}
+  assert _bits(params["three"]) == _bits(params["alone"]) == _bits(params["four"])
+
+
+@pytest.mark.slow
+def test_position_in_a_group_and_padding_change_no_bit(tiny):
+  """Groups of 2 (``vmap_group=2``): run 1 with run 0, with run 2, first or second of its
+  pair, or with its own padding copy, gives the same bits (the other runs' too, wherever
+  they sit)."""
+  s = sweep.build(tiny(**{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)}))
+  prog = s.programs[0]
+  runs = sweep.run_arrays(s, prog)
+  init, chunk = train.make_sweep_fns(prog.static, None, 2)
+  got = {}
+  for order in ([0, 1, 2], [2, 1, 0], [1]):
+    sub = jax.tree.map(lambda x, o=order: x[np.asarray(o)], runs)
+    states, metrics = chunk(s.table, sub, init(s.table, sub), 30)
+    for j, k in enumerate(order):
+      bits = _bits(jax.tree.map(lambda x, j=j: x[j], (states, metrics)))
+      assert got.setdefault(k, bits) == bits, (order, k)
