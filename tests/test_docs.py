@@ -8,7 +8,8 @@ shrunk by THIS file, never by the library:
 
 - `experiments/sweep.py`: 20 steps, an evaluation and a checkpoint every 10, a one-layer
   width-32 model; a sweep of more than 8 runs keeps one seed and train fraction 0.5 (the
-  variants and operations it lists stay); p = 97 becomes p = 11; --distributed runs as
+  variants and operations it lists stay) and three values (ends and middle) of any other axis
+  of more than three; p = 97 becomes p = 11; --distributed runs as
   one process with a local coordinator; an absolute --workdir moves into the temp dir.
   What the command sets itself stays, but for steps and the evaluation/checkpoint cadence.
 - `experiments/train.py`: 20 steps (2 epochs with --epochs), an evaluation every 10,
@@ -254,9 +255,10 @@ def shrink_sweep(args: list[str], cwd: Path) -> list[str]:
     if a.startswith("--config.") and "=" in a
   }
   get = _load_config(spec, overrides)
+  axes = {axis: get(f"sweep.{axis}") for axis in get("sweep")}
   runs = 1
-  for axis in ("seeds", "train_fracs", "variants", "ops", "lr", "weight_decay"):
-    runs *= max(1, _count(get(f"sweep.{axis}")))
+  for values in axes.values():
+    runs *= max(1, _count(values))
   extra = {
     "steps": STEPS + (10 if "--reconfigure" in args else 0),  # a resume goes further
     "eval_every": EVAL_EVERY,
@@ -265,6 +267,11 @@ def shrink_sweep(args: list[str], cwd: Path) -> list[str]:
   }
   if runs > MANY_RUNS:
     extra.update({"sweep.seeds": 0, "sweep.train_fracs": 0.5})
+    for axis, values in axes.items():  # a grid (configs/phase.py): its corners and middle
+      values = values.split(",") if isinstance(values, str) else list(values)
+      if axis not in ("seeds", "train_fracs", "variants", "ops") and len(values) > 3:
+        ends_and_middle = (values[0], values[len(values) // 2], values[-1])
+        extra[f"sweep.{axis}"] = ",".join(str(v) for v in ends_and_middle)
   if int(get("p")) > 31:
     extra["p"] = SMALL_P
   extra.update({"model.width": 32, "model.num_layers": 1, "model.num_heads": 2})
