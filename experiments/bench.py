@@ -17,7 +17,6 @@ and the rows so far are rewritten to the JSON file (--out) after each one.
 import importlib.util
 import json
 import os
-import platform
 import runpy
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from grokjax import checkpoint, cli, report, sweep
+from grokjax import checkpoint, cli, machine, report, sweep
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,7 +350,7 @@ def main(argv):
   limit = _K_TIMEOUT_S.value
   print(
     f"# {device.get('kind', '?')} x{device.get('count', '?')} ({device.get('backend', '?')}), "
-    f"jax {jax.__version__}, {platform.processor() or platform.machine()}; "
+    f"jax {jax.__version__}, {device.get('machine', '?')}; "
     f"{steps} steps per K, at most {limit:g} s per K; rows go to {_OUT.value}"
   )
   print(
@@ -388,6 +387,7 @@ def main(argv):
       row.update(
         setup=name,
         device=device.get("kind"),
+        machine=device.get("machine"),
         steps=steps,
         eval_every=eval_every,
         precision=_PRECISION.value,
@@ -476,7 +476,14 @@ def _emit(obj) -> None:
 
 def _probe() -> None:
   device = jax.local_devices()[0]
-  _emit(dict(kind=device.device_kind, count=jax.device_count(), backend=jax.default_backend()))
+  _emit(
+    dict(
+      kind=device.device_kind,
+      count=jax.device_count(),
+      backend=jax.default_backend(),
+      machine=machine.describe(),
+    )
+  )
 
 
 def _measure(spec: dict) -> None:

@@ -56,3 +56,14 @@ def pytest_collection_modifyitems(config, items):
     else:
       group = name
     item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_terminal_summary(terminalreporter):
+  """Names the golden comparison this machine got (tests/test_golden.py), also under -q."""
+  if any(
+    "test_golden.py::test_shipped" in r.nodeid
+    for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+  ):
+    from test_golden import comparison
+
+    terminalreporter.write_line(comparison()[1])

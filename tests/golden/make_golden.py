@@ -7,7 +7,9 @@ checkout first on PYTHONPATH (this file and shipped.py stay today's).
   cd /tmp && PYTHONPATH=/tmp/old python /path/to/tests/golden/make_golden.py [CASE ...]
                                    # CASEs: only those, merged into the file
 
-test_golden.py compares today's numbers with it (bit for bit on the same jax).
+It records the fingerprint of the machine it ran on (grokjax/machine.py, loaded from
+this checkout: the old commit has none); test_golden.py compares today's numbers with
+it bit for bit on that machine, to float32 rounding elsewhere.
 """
 
 import json
@@ -20,15 +22,19 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import jax  # noqa: E402
-import jaxlib  # noqa: E402
+import importlib.util  # noqa: E402
+
 from shipped import CASES, metrics  # noqa: E402
 
+spec = importlib.util.spec_from_file_location("machine", HERE.parent.parent / "grokjax/machine.py")
+machine = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(machine)
+
 path = HERE / "shipped.json"
-out = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "cases": {}}
+out = {"machine": machine.fingerprint(), "cases": {}}
 if len(sys.argv) > 1:
   out = json.loads(path.read_text())
-  assert (out["jax"], out["jaxlib"]) == (jax.__version__, jaxlib.__version__)
+  assert not machine.differences(out["machine"], machine.fingerprint()), "another machine"
 for case in sys.argv[1:] or CASES:
   with tempfile.TemporaryDirectory() as tmp:
     out["cases"][case] = metrics(case, tmp)
