@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "grokjax"
 # Lower numbers first; a module may import modules of strictly lower layers.
 LAYERS = {
   "errors": 0,
+  "machine": 0,
   "registry": 1,
   "cli": 1,
   "data": 2,
