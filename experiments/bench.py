@@ -43,8 +43,12 @@ _SETUPS = flags.DEFINE_list(
 _KS = flags.DEFINE_list(
   "ks", None, "Runs per program (default: 1,8,32,128,256,512 on an accelerator, 1,8,32 on CPU)."
 )
-_STEPS = flags.DEFINE_integer("steps", 500, "Timed steps per K (after one warm-up chunk).")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Evaluation cadence, as in a sweep.")
+_STEPS = flags.DEFINE_integer(
+  "steps", 500, "Timed steps per K (after one warm-up chunk).", lower_bound=1
+)
+_EVAL_EVERY = flags.DEFINE_integer(
+  "eval_every", 100, "Evaluation cadence, as in a sweep.", lower_bound=1
+)
 _TORCH = flags.DEFINE_bool("torch", True, "Also time a plain PyTorch loop if torch imports.")
 _PRECISION = flags.DEFINE_enum(
   "precision", "default", ["default", "high", "highest"], "config.matmul_precision to time."
@@ -331,12 +335,13 @@ def main(argv):
     return precision_check()
   if _INVARIANCE_CHECK.value:
     return invariance_check()
+  ks_given = _check_args()
   device = _run_child(["--_probe"], _K_TIMEOUT_S.value)
   if "error" in device:
     print(f"# device probe {device['error']}", flush=True)
   accelerator = device.get("backend", "cpu") != "cpu"
   ks = (
-    [int(k) for k in _KS.value]
+    ks_given
     if _KS.value
     else ([1, 8, 32, 128, 256, 512] if accelerator else [1, 8, 32])
   )
@@ -422,15 +427,39 @@ def _print_row(row: dict) -> None:
   )
 
 
+def _check_args() -> list[int]:
+  """--ks as integers, and --out, checked before anything is measured."""
+  ks = []
+  for k in _KS.value or []:
+    try:
+      ks.append(int(k))
+    except ValueError:
+      raise UserError(f"--ks holds {k!r}, not an integer; e.g. --ks=1,8,32") from None
+    if ks[-1] < 1:
+      raise UserError(f"--ks holds {k}; runs per program are >= 1, e.g. --ks=1,8,32")
+  out = Path(_OUT.value)
+  if out.is_dir():
+    raise UserError(f"--out {out} is a directory; give a file, e.g. --out={out / 'bench.json'}")
+  existing = next((p for p in out.absolute().parents if p.exists()), Path("/"))
+  if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f"cannot write --out {out} (in {existing}); choose another --out")
+  return ks
+
+
 def _write_rows(path: Path, rows: list) -> None:
   """The rows so far, replacing the file in one step (a reader never sees half a file)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(json.dumps(rows, indent=2))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w") as f:
+      f.write(json.dumps(rows, indent=2))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    reason = e.strerror or e
+    raise UserError(f"cannot write --out {path} ({reason}); choose another --out") from None
 
 
 def _run_child(args: list[str], limit: float) -> dict | None:

@@ -18,6 +18,7 @@ _MAX_KEYS = flags.DEFINE_integer(
   None,
   "Most key frequencies to keep: those the most MLP neurons prefer (default: every "
   "frequency some neuron prefers, Nanda et al.'s rule).",
+  lower_bound=1,
 )
 
 

@@ -36,6 +36,7 @@ from grokjax.errors import UserError
 
 D = config_lib.default_config()
 TRAIN_FRAC = 0.5  # the paper's main setting (a sweep's default is 0.1, ..., 0.9)
+MIN_EVALS = 20  # evaluations of a run without --eval_every, however short
 OPS_HELP = (
   f"{', '.join(data.OPS)}; aliases {', '.join(f'{a}={o}' for a, o in data.ALIASES.items())}"
 )
@@ -94,7 +95,8 @@ _EVAL_EVERY = flags.DEFINE_integer(
   "eval_every",
   D.eval_every,
   "Evaluate on the full train and val sets every N steps (and at step 0 and the end); "
-  "the device runs N steps per call in between.",
+  "the device runs N steps per call in between. Default: 100, or steps / 20 for a run of "
+  "fewer than 2,000 steps (20 points to draw).",
   lower_bound=1,
 )
 _STEPS_PER_EXECUTION = flags.DEFINE_integer(
@@ -218,7 +220,8 @@ def make_config():
     eval_every = eval_every or per_epoch
     checkpoint_every = checkpoint_every or 10 * per_epoch
   cfg.steps = _pick(steps, _STEPS.value)
-  cfg.eval_every = eval_every or _EVAL_EVERY.value
+  # A short run evaluates at least 20 times, so that its curves draw (100 steps: every 5).
+  cfg.eval_every = eval_every or max(1, min(_EVAL_EVERY.value, cfg.steps // MIN_EVALS))
   cfg.checkpoint_every = checkpoint_every or _CHECKPOINT_EVERY.value
   keep_all = _EPOCHS.value is not None and not _CHECKPOINT_KEEP.present
   cfg.checkpoint_keep = (

@@ -16,8 +16,12 @@ import orbax.checkpoint as ocp
 def manager(workdir, keep: int | None = 3, create: bool = True) -> ocp.CheckpointManager:
   """The sweep's CheckpointManager over ``workdir/checkpoints`` (async saves);
   ``keep=None`` keeps every checkpoint; ``create=False`` for reading: the folder
-  must exist, and nothing is written."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+  must exist, and nothing is written. For writing, a save that a kill cut short
+  (a ``<step>.orbax-checkpoint-tmp`` folder, never a checkpoint) is removed at once,
+  rather than with a warning when the same step is saved again."""
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=create, cleanup_tmp_directories=create
+  )
   return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
 
 

@@ -6,7 +6,11 @@ nothing on disk is touched before the input is checked.
 
 from __future__ import annotations
 
+import logging as std_logging
+import os
+import signal
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 
@@ -43,7 +47,50 @@ def _config_path(argv) -> str:
   return "the --config file"
 
 
+def _config_file(argv) -> str:
+  """The --config file named in argv, without a ``:argument`` for get_config."""
+  path = _config_path(argv)
+  return path if Path(path).exists() else path.rsplit(":", 1)[0]
+
+
+def _last_wins(argv: list[str]) -> list[str]:
+  """argv with only the last of repeated ``--config.<key>=value`` flags: a later flag
+  replaces an earlier one, sweep lists included (config_flags would join those)."""
+  end = argv.index("--") if "--" in argv else len(argv)
+  last = {}
+  for i, arg in enumerate(argv[:end]):
+    if arg.startswith("--") and "." in arg.partition("=")[0] and "=" in arg:
+      last[arg.partition("=")[0]] = i
+  keep = set(last.values())
+  return [
+    arg
+    for i, arg in enumerate(argv)
+    if i >= end or not (arg.startswith("--") and arg.partition("=")[0] in last) or i in keep
+  ]
+
+
+def _get_config_error(argv, message: str) -> str:
+  """One line for an error that config_flags quotes with its traceback: that of the
+  config file's get_config()."""
+  last = message.strip().splitlines()[-1]
+  user = f"{UserError.__module__}.UserError: "
+  if last.startswith(user):
+    return last.removeprefix(user)
+  path = _config_file(argv)
+  if "get_config() takes 0 positional arguments" in last:
+    return (
+      f"{path}: get_config() takes no argument, but --config {_config_path(argv)} passes one; "
+      f"give --config {path}"
+    )
+  return f"{path}: get_config() raised {last}; fix that file"
+
+
 def _parse_flags(argv):
+  argv = _last_wins(list(argv))
+  given = any(a == "--config" or a.startswith("--config=") for a in argv)
+  config_dir = Path(_config_file(argv)).parent.absolute()
+  if given and config_dir.is_dir() and str(config_dir) not in sys.path:
+    sys.path.append(str(config_dir))  # the config file's own modules import (after all others)
   try:
     return flags.FLAGS(argv)
   except SystemExit as e:
@@ -55,9 +102,14 @@ def _parse_flags(argv):
   except (flags.Error, UserError) as e:
     message = str(e) or type(e).__name__
     if "Traceback" in message:  # config_flags quotes an error of get_config(): keep its last line
-      message = message.strip().splitlines()[-1].removeprefix(f"{UserError.__module__}.UserError: ")
+      message = _get_config_error(argv, message)
     _fail(" ".join(message.split()))
   except AttributeError as e:
+    if "has no attribute 'get_config'" in str(e):
+      _fail(
+        f"{_config_file(argv)} defines no get_config(); a config file defines get_config() "
+        "returning a ConfigDict, e.g. configs/quick.py"
+      )
     # config_flags: an override of a key the config does not have, e.g. --config.stpes=10
     text = str(e).strip("'\"").replace("\\n", "\n").replace("\\'", "'")
     key, _, hint = text.partition("\n")
@@ -104,21 +156,50 @@ def run_dir_arg(argv, usage: str) -> str:
   return argv[1]
 
 
+class _NoOrbaxErrors(std_logging.Filter):
+  """Drops Orbax's own error logs (tracebacks of its background threads): each of
+  their failures reaches the script as an exception, said in one line."""
+
+  def filter(self, record) -> bool:
+    return record.levelno < std_logging.ERROR or "orbax" not in record.pathname
+
+
+def _exit_now(message: str, status: int):
+  """Prints ``message`` and exits at once: threads still writing (an abandoned
+  checkpoint save) are not waited for, as a normal exit would."""
+  print(message, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
+
+
+def _late_interrupt(signum, frame):
+  _exit_now("interrupted while exiting; the work had finished and is kept", 130)
+
+
 def run(main) -> None:
-  """``absl.app.run`` with user errors reported in one line and exit status 2."""
+  """``absl.app.run`` with user errors reported in one line and exit status 2 (a
+  full disk too), and Ctrl-C in one line with exit status 130."""
 
   def guarded(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    logging.get_absl_handler().addFilter(_NoOrbaxErrors())
     try:
-      return main(argv)
+      out = main(argv)
     except UserError as e:
       _fail(str(e))
     except Interrupted as e:
-      print(str(e), file=sys.stderr)
-      sys.exit(130)
+      _exit_now(str(e), 130)
     except KeyboardInterrupt:
-      print("interrupted before training started; nothing was changed", file=sys.stderr)
-      sys.exit(130)
+      _exit_now("interrupted", 130)
+    except OSError as e:
+      from grokjax.sweep import disk_full  # noqa: PLC0415  (jax: only when needed)
+
+      if not disk_full(e):
+        raise
+      _fail(f"the disk is full ({e.filename or e}); free some space, then run the same command")
+    signal.signal(signal.SIGINT, _late_interrupt)  # Ctrl-C while the interpreter exits
+    return out
 
   app.run(guarded, flags_parser=_parse_flags)

@@ -2,7 +2,8 @@
 saved checkpoints: which runs, which steps, their parameters, the key frequencies
 (Nanda's: the dominant frequencies of the last MLP's neurons at the last checkpoint),
 every registered measure (grokjax.fourier) in float64, and the summary written as
-interp.json. docs/progress_measures.md writes the definitions out.
+interp.json, with each measure's correlation with validation accuracy over the
+checkpoints. docs/progress_measures.md writes the definitions out.
 
 Measures come from checkpoints rather than from the training loop: training pays
 nothing, and any sweep that kept its checkpoints can be analysed. The time
@@ -15,14 +16,16 @@ grokjax.plots' ``interp_spectrum``, ``interp_measures`` and ``interp_circle``.
 from __future__ import annotations
 
 import json
+import logging
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
-from grokjax import analysis, fourier
+from grokjax import analysis, fourier, registry
 from grokjax.errors import UserError
 from grokjax.fourier import SIGNS
+from grokjax.rundir import DamagedCheckpoint
 
 
 class Measures(NamedTuple):
@@ -42,6 +45,14 @@ def measured_runs(rd) -> list[int]:
   if not runs:
     fourier.check_op(rd.runs[0].get("op"))
   return runs
+
+
+def _skip(steps: list[int], e) -> list[int]:
+  """``steps`` without the damaged checkpoint's step ``e.step``, with a warning."""
+  logging.getLogger(__name__).warning("%s; skipped", e)
+  if len(steps) == 1:
+    raise UserError(f"{e}; no other checkpoint to measure")
+  return [s for s in steps if s != e.step]
 
 
 def compute(rd, max_keys: int | None = None) -> Measures:
@@ -78,10 +89,17 @@ def compute(rd, max_keys: int | None = None) -> Measures:
     )
     for k in runs
   }
-  # One vmapped neuron function and one measure function per program (its runs
-  # share a model), traced and run with float64 on.
-  groups = [[k for k in prog.runs.tolist() if k in grids] for prog in sw.programs]
-  groups = [(sw.model(g[0]), g) for g in groups if g]
+  # One vmapped neuron function and one measure function per group: the runs of a
+  # program (they share a model) whose measures and measure keys agree (static),
+  # traced and run with float64 on.
+  groups = {}
+  for i, prog in enumerate(sw.programs):
+    for k in prog.runs.tolist():
+      if k in grids:
+        active = fourier.active_measures(rd.runs[k])
+        key = (i, json.dumps(active, sort_keys=True))
+        groups.setdefault(key, (sw.model(k), active, []))[2].append(k)
+  groups = list(groups.values())
   stack = lambda xs: np.stack(xs)
   fixed = {
     tuple(g): dict(
@@ -90,20 +108,25 @@ def compute(rd, max_keys: int | None = None) -> Measures:
       train_w=stack([sw.train_masks[k][grids[k].rows].astype(np.float64) for k in g]),
       phase=stack([grids[k].phase for k in g]),
     )
-    for _, g in groups
+    for _, _, g in groups
   }
   with jax.enable_x64(True):
     fns = {
       tuple(g): (
         jax.jit(jax.vmap(fourier.make_neuron_fn(model, p))),
-        jax.jit(jax.vmap(fourier.make_measure_fn(model, p))),
+        jax.jit(jax.vmap(fourier.make_measure_fn(model, p, active))),
       )
-      for model, g in groups
+      for model, active, g in groups
     }
   batch = lambda params, g: jax.tree.map(lambda *xs: np.stack(xs), *[params[k] for k in g])
-  last = rd.params(steps[-1], sw)
+  while True:  # the newest checkpoint that restores; a damaged one is skipped, said
+    try:
+      last = rd.params(steps[-1], sw)
+      break
+    except DamagedCheckpoint as e:
+      steps = _skip(steps, e)
   freqs, fracs, keys = {}, {}, {}
-  for _, g in groups:
+  for _, _, g in groups:
     with jax.enable_x64(True):
       neurons = np.asarray(fns[tuple(g)][0](batch(last, g), fixed[tuple(g)]["inputs"]))
     for j, k in enumerate(g):
@@ -112,9 +135,13 @@ def compute(rd, max_keys: int | None = None) -> Measures:
   all_steps = sorted({0, *steps})
   per_step = []
   for step in all_steps:
-    params = last if step == steps[-1] else rd.params(step, sw)
+    try:
+      params = last if step == steps[-1] else rd.params(step, sw)
+    except DamagedCheckpoint as e:
+      all_steps = _skip(all_steps, e)
+      continue
     out = {}
-    for _, g in groups:
+    for _, _, g in groups:
       f = fixed[tuple(g)]
       key_mask = stack([np.isin(np.arange(fourier.num_frequencies(p)), keys[k]) for k in g])
       with jax.enable_x64(True):
@@ -126,9 +153,11 @@ def compute(rd, max_keys: int | None = None) -> Measures:
       for j, k in enumerate(g):
         out[k] = {name: np.asarray(v[j]) for name, v in values.items()}
     per_step.append(out)
+  # every name any run has; a (scalar) measure a run is not active for: NaN
+  names = list(dict.fromkeys(n for k in runs for n in per_step[0][k]))
   values = {
-    name: np.stack([np.stack([o[k][name] for k in runs]) for o in per_step])
-    for name in per_step[0][runs[0]]
+    name: np.stack([np.stack([o[k].get(name, np.nan) for k in runs]) for o in per_step])
+    for name in names
   }
   return Measures(
     runs,
@@ -138,6 +167,16 @@ def compute(rd, max_keys: int | None = None) -> Measures:
     [freqs[k] for k in runs],
     [fracs[k] for k in runs],
   )
+
+
+def measure_names(m: Measures, j: int | None = None) -> list[str]:
+  """The registered measures in ``m`` (registration order), of the ``j``-th measured
+  run only when given (a measure a run is not ``active`` for holds NaN for it)."""
+  return [
+    name
+    for name in registry.MEASURES
+    if name in m.values and (j is None or not np.isnan(m.values[name][:, j]).all())
+  ]
 
 
 def checkpoint_at(steps, step) -> int:
@@ -153,14 +192,14 @@ def _first_below(steps, values, level):
 def summary(rd, m: Measures) -> list[dict]:
   """Per measured run: key frequencies (Nanda's, from the neurons; and the embedding
   rule's, for comparison), the neurons' dominant frequencies, the key frequencies'
-  share of the embedding norm, the phase boundaries (train/val 99% steps), and each
-  measure at every checkpoint."""
+  share of the embedding norm, the phase boundaries (train/val 99% steps), each
+  registered measure the run has at every checkpoint (``<name>_at``), and each one's
+  correlation with val accuracy over the checkpoints (``val_acc_correlation``)."""
   summ = analysis.summarize_arrays(rd.metrics, rd.runs, rd.threshold)
   val50 = analysis.first_step(rd.metrics["step"], rd.metrics["val_acc"], 0.5)
   out = []
   for j, k in enumerate(m.runs):
-    names = ("gini", "gini_wl", "restricted_loss", "excluded_loss")
-    v = {name: m.values[name][:, j] for name in names if name in m.values}
+    v = {name: m.values[name][:, j] for name in measure_names(m, j)}
     r = v["restricted_loss"]
     # "falls": halfway (in log) from its value after memorisation to its final value
     t_train = summ[k]["train_step"] or 0
@@ -175,6 +214,7 @@ def summary(rd, m: Measures) -> list[dict]:
         neuron_freq_counts={int(a): int(b) for a, b in zip(f, c)},
         neuron_frac_explained_median=round(float(np.median(m.neuron_frac[j])), 5),
       )
+    val_acc = val_at(rd, m.steps, k)
     out.append(
       dict(
         run=rd.runs[k]["index"],
@@ -193,10 +233,30 @@ def summary(rd, m: Measures) -> list[dict]:
         restricted_halfway_step=_first_below(m.steps[after], r[after], half),
         excluded_peak_step=int(m.steps[np.argmax(v["excluded_loss"])]),
         **{f"{name}_at": _trace(m.steps, val) for name, val in v.items()},
-        weight_norm_sq_at=_trace(m.steps, m.values["weight_norm_sq"][:, j]),
+        val_acc_at=_trace(m.steps, val_acc),
+        val_acc_correlation={
+          name: dict(
+            spearman=_round(analysis.correlation(val, val_acc, rank=True)),
+            pearson=_round(analysis.correlation(val, val_acc)),
+          )
+          for name, val in v.items()
+        },
       )
     )
   return out
+
+
+def val_at(rd, steps, k: int) -> np.ndarray:
+  """Run ``k``'s val accuracy at each of ``steps``: the last evaluation at or before
+  it (checkpoints fall on evaluations when checkpoint_every is a multiple of
+  eval_every)."""
+  logged = rd.metrics["step"]
+  at = np.maximum(np.searchsorted(logged, steps, side="right") - 1, 0)
+  return rd.metrics["val_acc"][at, k]
+
+
+def _round(x):
+  return None if x is None else round(x, 5)
 
 
 def _trace(steps, values):

@@ -35,8 +35,14 @@ def hold(workdir, wait: bool = False):
   """Holds the run directory ``workdir`` (created if missing) for this process; a
   UserError naming the holder when another process has it, unless ``wait``."""
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   path = workdir / NAME
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+  except OSError as e:
+    raise UserError(
+      f"cannot create the run directory {workdir} ({e.strerror or e}); choose another --workdir"
+    ) from None
   while True:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -3,9 +3,10 @@
 ``curves`` (Fig. 1 style: accuracy and loss vs steps, one panel per setting),
 ``steps_to_threshold`` (Fig. 2 style: steps until 99% vs training-data fraction),
 ``weight_norm``, ``variants`` (methods side by side), ``phase_diagram`` (phases
-over two swept axes) and the progress-measure figures
-``interp_spectrum``, ``interp_measures``, ``interp_circle``; ``write_figures`` and
-``write_interp_figures`` save them into RUN_DIR/figures/.
+over two swept axes), ``embeddings`` (Fig. 3: a t-SNE of the output layer) and
+the progress-measure figures ``interp_spectrum``, ``interp_measures``,
+``interp_circle``; ``write_figures`` and ``write_interp_figures`` save them into
+RUN_DIR/figures/.
 
 Figures are built on matplotlib's Agg canvas, never through pyplot, so drawing them
 neither opens windows nor keeps figures alive; matplotlib itself is imported when
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grokjax import analysis, fourier, interp
+from grokjax import analysis, data, fourier, interp, registry
 from grokjax.errors import UserError
 from grokjax.rundir import RunDir
 
@@ -32,6 +33,7 @@ OP_LABELS = {
   "add": "x + y",
   "sub": "x − y",
   "mul": "x · y",
+  "mul_nz": "x · y (y ≠ 0)",
   "div": "x / y",
   "div_odd_sub": "x / y if y odd, else x − y",
   "sq_sum": "x² + y²",
@@ -72,14 +74,17 @@ def sweep_label(rd: RunDir) -> str:
   if "op" not in swept:
     parts.append(op_label(shared["op"], None if "p" in swept else shared.get("p")))
   optim = rd.config.get("optim", {})
-  adamw = "AdamW" if optim.get("decoupled", True) else "Adam + L2"
-  if "lr" not in swept and "lr" in shared:
-    adamw += f" lr {shared['lr']:g}"
-  if "weight_decay" not in swept and "weight_decay" in shared:
-    adamw += f", weight decay {shared['weight_decay']:g}"
-  if "b1" in optim:
-    adamw += f" (β {optim['b1']:g}/{optim['b2']:g})"
-  return ", ".join([*parts, adamw])
+  name = optim.get("name", "adamw")
+  entry = registry.OPTIMIZERS.get(name)
+  label = entry.title(optim) if entry else name
+  own = {k.field for k in entry.keys} if entry else set(shared) | set(optim)  # its keys only
+  if "lr" not in swept and "lr" in shared and "lr" in own:
+    label += f" lr {shared['lr']:g}"
+  if "weight_decay" not in swept and "weight_decay" in shared and "weight_decay" in own:
+    label += f", weight decay {shared['weight_decay']:g}"
+  if {"b1", "b2"} <= own and "b1" in optim:
+    label += f" (β {optim['b1']:g}/{optim['b2']:g})"
+  return ", ".join([*parts, label])
 
 
 def _panels(rd: RunDir, exclude=analysis.SEED_FIELDS):
@@ -228,6 +233,7 @@ def weight_norm(rd: RunDir, threshold: float | None = None):
   blocks = -(-len(panels) // MAX_COLS)
   fig = _figure(width, 2.6 * blocks + 1.1)
   (axes,), cols, _ = _grid(fig, len(panels), 1)
+  drawn = set()  # the threshold lines some panel has: only those go in the legend
   for i, (title, idx) in enumerate(panels):
     ax = axes[i]
     _seeds_and_median(ax, steps, norm[:, idx], NORM)
@@ -235,6 +241,7 @@ def weight_norm(rd: RunDir, threshold: float | None = None):
       at = analysis.spread([summary[k][field] for k in idx])["median"]
       if at:
         ax.axvline(at, color=color, ls="--", lw=1)
+        drawn.add(field)
     ax.set_xscale("log")
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("optimisation steps")
@@ -247,8 +254,11 @@ def weight_norm(rd: RunDir, threshold: float | None = None):
     [
       (f"median of {_seeds(rd.runs)}", dict(color=NORM, lw=2)),
       ("single seed", dict(color=NORM, lw=0.7, alpha=SEED_ALPHA)),
-      (f"train ≥ {100 * threshold:g}% (median)", dict(color=TRAIN, ls="--", lw=1)),
-      (f"validation ≥ {100 * threshold:g}% (median)", dict(color=VAL, ls="--", lw=1)),
+      *(
+        (f"{name} ≥ {100 * threshold:g}% (median)", dict(color=color, ls="--", lw=1))
+        for field, name, color in (("train_step", "train", TRAIN), ("val_step", "validation", VAL))
+        if field in drawn
+      ),
     ],
   )
   return fig
@@ -426,16 +436,30 @@ def interp_spectrum(rd, m, j: int, s: dict):
   return fig
 
 
+# The built-in measures the first four panels of ``interp_measures`` draw by name.
+DRAWN_MEASURES = (
+  "restricted_loss",
+  "excluded_loss",
+  "gini",
+  "gini_wl",
+  "key_share",
+  "weight_norm_sq",
+)
+
+
 def interp_measures(rd, m, j: int, s: dict):
-  """Accuracy, losses, Gini and weight norm vs steps (log x), phases shaded."""
+  """Accuracy, losses, Gini and weight norm vs steps (log x), phases shaded; then
+  one panel per other registered measure the run has (``interp.measure_names``:
+  sharpness, a user's own), labelled by its name and ``help``."""
   from matplotlib.patches import Patch
 
   k = m.runs[j]
   keep = rd.metrics["step"] > 0
   t = rd.metrics["step"][keep]
   c = np.maximum(m.steps, 1)  # step 0 (init) is drawn at 1
-  fig = _figure(7.5, 9)
-  axes = fig.subplots(4, 1, sharex=True)
+  others = [n for n in interp.measure_names(m, j) if n not in DRAWN_MEASURES]
+  fig = _figure(7.5, 9 + 1.9 * len(others))
+  axes = fig.subplots(4 + len(others), 1, sharex=True)
   end = int(max(t[-1], c[-1]))
   for ax in axes:
     _shade(ax, s["train_step"], s["val_step"], end)
@@ -472,7 +496,15 @@ def interp_measures(rd, m, j: int, s: dict):
   ax = axes[3]
   ax.plot(c, v["weight_norm_sq"][:, j], "-o", color=NORM, ms=2.5)
   ax.set_ylabel("total squared\nweight norm")
-  ax.set_xlabel("optimisation steps (dots: checkpoints; the first is step 0, drawn at 1)")
+  for ax, name in zip(axes[4:], others):
+    corr = s.get("val_acc_correlation", {}).get(name, {}).get("spearman")
+    label = registry.MEASURES[name].help or name
+    if corr is not None:
+      label += f" (Spearman with val acc {corr:+.2f})"
+    ax.plot(c, v[name][:, j], "-o", color="#bcbd22", ms=2.5, label=label)
+    ax.set_ylabel(name)
+    ax.legend(loc="upper left", fontsize=8)
+  axes[-1].set_xlabel("optimisation steps (dots: checkpoints; the first is step 0, drawn at 1)")
   fig.legend(
     [Patch(color=col) for _, col in PHASES],
     [name for name, _ in PHASES],
@@ -482,9 +514,11 @@ def interp_measures(rd, m, j: int, s: dict):
     fontsize=9,
   )
   keys = ", ".join(map(str, s["key_frequencies"]))
+  thr = f"{100 * rd.threshold:g}%"
+  at = lambda step: f"at step {step}" if step is not None else "never"
   fig.suptitle(
     f"Run {s['run']}: progress measures (key frequencies {keys}); "
-    f"train 99% at {s['train_step']}, val 99% at {s['val_step']}",
+    f"train {thr} {at(s['train_step'])}, val {thr} {at(s['val_step'])}",
     fontsize=10,
   )
   return fig
@@ -516,6 +550,68 @@ def interp_circle(rd, m, j: int, s: dict):
   fig.colorbar(sc, ax=axes, label="token x", shrink=0.8)
   fig.suptitle(
     f"Run {s['run']}: token embeddings; grey line joins tokens by angle 2π·{top}x/{p}", fontsize=10
+  )
+  return fig
+
+
+def embeddings(rd: RunDir, threshold: float | None = None):
+  """Power et al. Fig. 3: a t-SNE (scikit-learn, ``analysis.tsne``) of the output
+  layer's rows, one point per answer class, for each setting's first seed at the
+  last checkpoint. x ± y mod p and the other modular ops: coloured by the class
+  (a cyclic map, so the circle of x + y shows) and numbered; S5: coloured by the
+  permutation's cycle type (its conjugacy class; the sign is in the legend).
+  ``threshold`` is unused. Returns the Figure."""
+  from matplotlib.lines import Line2D
+
+  del threshold
+  analysis.require_tsne()
+  steps = rd.steps()
+  if not steps:
+    raise UserError(f"{rd.path} has no checkpoints; the embeddings figure draws the last one's")
+  sw = rd.sweep()
+  params = rd.params(steps[-1], sw)
+  panels = [(title, idx[0]) for title, idx in _panels(rd)]
+  cols = min(len(panels), MAX_COLS)
+  rows = -(-len(panels) // cols)
+  fig = _figure(max(4.6 * cols, 6.4), 4.4 * rows + 0.9)
+  grid = fig.subplots(rows, cols, squeeze=False)
+  for ax in grid.flat[len(panels) :]:
+    fig.delaxes(ax)
+  for ax, (title, k) in zip(grid.flat, panels):
+    run = rd.runs[k]
+    n = data.num_elements(run["op"], run["p"])
+    rows_CxD = fourier.output_rows(sw.model(k), params[k], sw.table.inputs[:1])[:n]
+    xy = analysis.tsne(rows_CxD)
+    if run["op"].startswith("s5"):
+      types = analysis.cycle_types(5)
+      kinds = sorted(set(types), reverse=True)
+      colors = [f"C{kinds.index(t)}" for t in types]
+      ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=28, edgecolor="k", lw=0.3)
+      parity = lambda t: "even" if (5 - len(t)) % 2 == 0 else "odd"
+      ax.legend(
+        [Line2D([], [], color=f"C{i}", marker="o", ls="") for i in range(len(kinds))],
+        [f"{'+'.join(map(str, t))} ({parity(t)})" for t in kinds],
+        title="cycle type",
+        fontsize=7,
+        title_fontsize=8,
+        loc="best",
+      )
+    else:
+      sc = ax.scatter(
+        xy[:, 0], xy[:, 1], c=np.arange(n), cmap="twilight", s=36, edgecolor="k", lw=0.3
+      )
+      if n <= 61:
+        for c in range(n):
+          ax.annotate(str(c), xy[c], fontsize=6, xytext=(3, 3), textcoords="offset points")
+      fig.colorbar(sc, ax=ax, label="answer class", shrink=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    label = op_label(run["op"], run["p"])
+    ax.set_title(f"{title}\n{label}, run {run['index']}" if title else label, fontsize=10)
+  fig.suptitle(
+    f"{sweep_label(rd)}\nt-SNE of the output layer's rows (one point per answer), step "
+    f"{steps[-1]}",
+    fontsize=11,
   )
   return fig
 
@@ -552,10 +648,11 @@ def _edges(values: list) -> tuple[np.ndarray, bool]:
 def phase_diagram(rd: RunDir, threshold: float | None = None):
   """Liu et al.'s phase diagram over the sweep's two swept axes: one cell per
   setting coloured by its phase (the majority over seeds; hatched, with the share
-  that agrees, where seeds disagree), and beside it heat maps of log10 steps until
-  val accuracy reached the phase threshold and of the grokking delay (median over
-  seeds; grey: fewer than half got there). ``threshold`` is unused: the phase
-  rule's (config ``phase.threshold``) decides all three. Returns the Figure."""
+  that agrees, where seeds disagree; a note where seeds relapsed), and beside it
+  heat maps of log10 steps until val accuracy reached the phase threshold and of
+  the grokking delay (median over seeds; grey: fewer than half got there).
+  ``threshold`` is unused: the phase rule's (config ``phase.threshold``) decides
+  all three. Returns the Figure."""
   from matplotlib.colors import ListedColormap
   from matplotlib.patches import Patch
 
@@ -579,13 +676,17 @@ def phase_diagram(rd: RunDir, threshold: float | None = None):
   axes[0].pcolormesh(xe, ye, g["phase"], cmap=cmap, vmin=0, vmax=len(phases), edgecolors="w")
   centre = lambda e, log: np.sqrt(e[:-1] * e[1:]) if log else (e[:-1] + e[1:]) / 2
   xc, yc = centre(xe, xlog), centre(ye, ylog)
+  several = len(analysis.group_runs(rd.runs)) < len(rd.runs)
   for (i, j), agree in np.ndenumerate(g["agree"]):
     if 0 < agree < 1:  # the seeds disagree: hatched, with the majority's share
       axes[0].fill_between(
         xe[j : j + 2], ye[i], ye[i + 1], hatch="///", facecolor="none", edgecolor="w", lw=0
       )
       axes[0].text(xc[j], yc[i], f"{agree:.0%}", ha="center", va="center", fontsize=8)
-  several = len(analysis.group_runs(rd.runs)) < len(rd.runs)
+  for (i, j), n in np.ndenumerate(g["relapsed"]):
+    if n:  # seeds that reached the phase threshold and ended below it
+      label = f"relapsed {n}/{g['seeds'][i, j]}" if several else "relapsed"
+      axes[0].text(xc[j], yc[i], "\n\n" + label, ha="center", va="center", fontsize=7)
   axes[0].set_title(f"phase (majority of {_seeds(rd.runs)})" if several else "phase", fontsize=10)
   thr = f"{100 * rule.threshold:g}%"
   for ax, field, title in (
@@ -633,7 +734,9 @@ def write_figures(rd, out=None, threshold: float | None = None) -> list[Path]:
   """Draws every figure of the run directory ``rd`` (grokjax.rundir.RunDir) into
   ``out`` (default RUN_DIR/figures/) as PNG: ``FIGURES`` (steps to threshold only
   with at most MAX_SERIES series), the methods side by side when the sweep has
-  variants, the phase diagram when it varies two numbers; returns the paths written."""
+  variants, the phase diagram when it varies two numbers, and the t-SNE of the
+  output layer (``embeddings``) when the config sets ``report.embeddings``;
+  returns the paths written."""
   if threshold is not None and not 0 < threshold <= 1:
     raise UserError(f"threshold {threshold!r} must be in (0, 1], e.g. 0.99")
   _positive_steps(rd)  # something to draw, before any folder is made
@@ -645,6 +748,8 @@ def write_figures(rd, out=None, threshold: float | None = None) -> list[Path]:
     figures["variants"] = variants
   if analysis.grid_axes(rd.runs):
     figures["phase"] = phase_diagram
+  if (rd.config.get("report") or {}).get("embeddings"):
+    figures["embeddings"] = embeddings
   paths = []
   for name, draw in figures.items():
     path = out / f"{name}.png"

@@ -22,6 +22,14 @@ from grokjax.analysis import as_arrays
 from grokjax.errors import UserError
 
 
+class DamagedCheckpoint(UserError):
+  """A checkpoint that does not restore (a missing or truncated file)."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
 class RunDir(NamedTuple):
   """A sweep's run directory, read: its config, its runs and its metric log."""
 
@@ -62,7 +70,16 @@ class RunDir(NamedTuple):
         if not saved or (step is not None and step not in saved):
           raise UserError(f"no checkpoint at step {step} in {self.path}; saved steps: {saved}")
         # In this machine's layout, whatever the padding of the one that saved them.
-        states, _ = sweep.restore(sw, mngr, table, runs, step)
+        try:
+          states, _ = sweep.restore(sw, mngr, table, runs, step)
+        except UserError:
+          raise
+        except Exception as e:  # Orbax raises many kinds for missing or truncated files
+          step = mngr.latest_step() if step is None else step
+          reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+          raise DamagedCheckpoint(
+            f"the checkpoint at step {step} in {self.path} does not restore ({reason})", step
+          ) from None
     out = [None] * len(sw.runs)
     for prog, state in zip(sw.programs, states):
       host = jax.tree.map(np.asarray, state.params)
@@ -78,8 +95,13 @@ def load(path) -> RunDir:
   training reads as far as its log goes (a torn last record is skipped).
   """
   path = Path(path)
+  if path.exists() and not path.is_dir():
+    raise UserError(f"{path} is a file, not a run directory; pass the --workdir of a sweep")
   if not path.is_dir():
     raise UserError(f"run directory {path} does not exist; pass the --workdir of a sweep")
+  for name in ("config.json", "runs.json", "metrics.msgpack"):
+    if (path / name).exists() and not (path / name).is_file():
+      raise UserError(f"run directory {path} is damaged: {name} is not a file; restore it")
   for name in ("config.json", "runs.json"):
     if not (path / name).is_file():
       raise UserError(
@@ -90,7 +112,12 @@ def load(path) -> RunDir:
     runs = json.loads((path / "runs.json").read_text())
   except json.JSONDecodeError as e:
     raise UserError(f"{path}: unreadable config.json or runs.json ({e})") from None
-  metrics = as_arrays(logs.read_metrics(path / "metrics.msgpack"))
+  try:
+    records = logs.read_metrics(path / "metrics.msgpack")
+  except OSError as e:
+    raise UserError(f"{path / 'metrics.msgpack'} does not read ({e.strerror or e})") from None
+  sweep.check_log_end(path, max((r["step"] for r in records), default=None))
+  metrics = as_arrays(records)
   for name, values in metrics.items():
     if name != "step" and values.shape[1] != len(runs):
       raise UserError(

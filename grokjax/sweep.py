@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from grokjax.errors import Interrupted, UserError
 from grokjax.model import make_model
 
 log = logging.getLogger(__name__)
+_PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 # Config keys a --reconfigure may change in an existing workdir: they change how far
 # and how often, never what a run is.
 RECONFIGURABLE = {
@@ -45,6 +47,8 @@ RECONFIGURABLE = {
   "checkpoint_keep",
   "log",
   "interp",
+  "report",
+  "reproduce",
 }
 
 
@@ -108,7 +112,7 @@ def signature(run: dict) -> tuple:
   """What a run's program depends on: its optimizer, model, loss, the methods kept
   apart (``Method.separate``) that it uses, and the static values of all of them."""
   opt, mod, loss, used = _entries(run)
-  static = [k.field for e in (opt, mod, *used) for k in e.keys if not k.per_run]
+  static = dict.fromkeys(k.field for e in (opt, loss, mod, *used) for k in e.keys if not k.per_run)
   apart = tuple(m.name for m in used if m.separate)
   return (opt.name, mod.name, loss.name, apart, tuple((f, run[f]) for f in static))
 
@@ -118,19 +122,18 @@ def _program(sweep_cfg, runs: list[dict], members: list[int], table, batch: int)
   opt, mod, loss, _ = _entries(first)
   used = tuple(m for m in registry.METHODS.values() if any(m.active(runs[k]) for k in members))
   values = {}  # static values, each from a run that uses its entry (they agree: signature)
-  for entry in (opt, mod, *used):
+  for entry in (opt, loss, mod, *used):
     uses = getattr(entry, "active", lambda run: True)
     owner = next((runs[k] for k in members if uses(runs[k])), first)
     values.update({k.field: owner[k.field] for k in entry.keys if not k.per_run})
-  model = make_model(
-    dict(name=mod.name, **{k.field: values[k.field] for k in mod.keys}), table.vocab_size, table.n
-  )
+  by_path = {k.path.split(".", 1)[1]: values[k.field] for k in mod.keys}  # make_model's keys
+  model = make_model(dict(name=mod.name, **by_path), table.vocab_size, table.n)
   static = train.Static(
     model,
     opt,
     used,
     values,
-    loss.fn,
+    loss,
     batch,
     sweep_cfg.eval_batch,
     sweep_cfg.eval_float64,
@@ -192,7 +195,8 @@ def run_arrays(sweep: Sweep, prog: Program, multiple: int = 1) -> train.Run:
   valid = np.take_along_axis(own, rows, 1)
   runs = [sweep.runs[i] for i in idx]
   static = prog.static
-  per_run = [k for e in (static.optimizer, *static.methods) for k in e.keys if k.per_run]
+  entries = (static.optimizer, static.loss, *static.methods)
+  per_run = [k for e in entries for k in e.keys if k.per_run]
   hparams = {k.field: np.asarray([float(r[k.field]) for r in runs], np.float32) for k in per_run}
   return train.Run(
     seed=np.asarray([r["seed"] for r in runs], np.int32),
@@ -309,13 +313,24 @@ def default_workdir(cfg) -> Path:
   return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _check_path(workdir: Path) -> None:
+  """Refuses a --workdir whose name is too long to hold the sweep's files."""
+  longest = max(len(part.encode()) for part in workdir.absolute().parts)
+  if longest > 255:
+    raise UserError(f"--workdir holds a name of {longest} bytes; the limit is 255")
+  length = len(str(workdir.absolute()).encode())
+  if length + len("/checkpoints/0.orbax-checkpoint-tmp/state/x") >= _PATH_MAX:
+    raise UserError(
+      f"--workdir is a path of {length} bytes; with the files in it, that passes the "
+      f"limit of {_PATH_MAX}: choose a shorter --workdir"
+    )
+
+
 def _check_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
   """Refuses, before anything is written, a workdir that cannot hold this sweep: a
   file, one without write permission, one holding something else or another sweep,
   or a --reconfigure that would take a sweep back below the steps it has trained."""
-  longest = max(len(part.encode()) for part in workdir.absolute().parts)
-  if longest > 255:
-    raise UserError(f"--workdir holds a name of {longest} bytes; the limit is 255")
+  _check_path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise UserError(f"--workdir {workdir} is a file; give a directory (new or of this sweep)")
   existing = next((p for p in [workdir, *workdir.parents] if p.exists()), Path("."))
@@ -330,8 +345,8 @@ def _check_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
       )
     return
   try:
-    saved = config_lib.from_saved(json.loads(config_path.read_text()))
-    old = json.loads(config_lib.to_json(config_lib.validate(saved)))
+    saved = config_lib.validate(config_lib.from_saved(json.loads(config_path.read_text())))
+    old = json.loads(config_lib.to_json(saved))
   except (json.JSONDecodeError, UnicodeDecodeError, UserError, TypeError, ValueError) as e:
     raise UserError(
       f"{config_path} is damaged ({str(e).splitlines()[0]}); restore it or choose another --workdir"
@@ -348,9 +363,8 @@ def _check_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
       f"workdir {workdir} holds a different sweep (changed: {', '.join(changed)}); "
       f"use another --workdir, or {hint}"
     )
-  trained = max(
-    (int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()), default=0
-  )
+  trained = max(checkpoint_steps(workdir), default=0)
+  _check_contents(workdir, sweep, saved)
   if sweep.cfg.steps < trained:
     raise UserError(
       f"steps={sweep.cfg.steps} is below the {trained} steps this sweep has trained; "
@@ -358,16 +372,151 @@ def _check_workdir(workdir: Path, sweep: Sweep, reconfigure: bool) -> None:
     )
 
 
+def checkpoint_steps(workdir: Path) -> list[int]:
+  """Steps of the finished checkpoints in RUN_DIR/checkpoints (folders named by their
+  step; a save cut short is a ``<step>.orbax-checkpoint-tmp`` folder, not counted)."""
+  folder = Path(workdir) / "checkpoints"
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _save_steps(cfg) -> list[int]:
+  """The steps at which the training loop saves a checkpoint under ``cfg``."""
+  out, prev = [], 0
+  for step in config_lib.eval_steps(cfg):
+    if step and (step == cfg.steps or step // cfg.checkpoint_every > prev // cfg.checkpoint_every):
+      out.append(step)
+    prev = step
+  return out
+
+
+def _damaged(workdir: Path, what: str, fix: str) -> UserError:
+  return UserError(f"run directory {workdir} is damaged: {what}; {fix}")
+
+
+def _check_contents(workdir: Path, sweep: Sweep, saved_cfg) -> None:
+  """Refuses a run directory whose files disagree with each other, before anything
+  is written: a training run would otherwise reset, cut or regenerate them. A file
+  that only restates config.json (runs.json, splits.npz) and is missing is rebuilt,
+  with a warning."""
+  folder, log_path = workdir / "checkpoints", workdir / "metrics.msgpack"
+  move = "move the run directory's files away (or use a new --workdir) to train again"
+  if folder.exists() and not folder.is_dir():
+    raise _damaged(workdir, "checkpoints is not a folder", f"restore checkpoints/, or {move}")
+  if log_path.exists() and not log_path.is_file():
+    raise _damaged(workdir, "metrics.msgpack is not a file", f"restore it, or {move}")
+  try:
+    records, _ = logs.scan(log_path.read_bytes()) if log_path.exists() else ([], [])
+  except OSError as e:
+    raise _damaged(workdir, f"metrics.msgpack does not read ({e.strerror})", move) from None
+  logged = max((r["step"] for r, _, _ in records), default=None)
+  steps = checkpoint_steps(workdir)
+  saves = _save_steps(saved_cfg)
+  if logged and not folder.exists():
+    raise _damaged(
+      workdir,
+      f"checkpoints/ is missing, though metrics.msgpack logs {logged} steps",
+      f"restore checkpoints/, or {move}",
+    )
+  if not steps and logged is not None and len(saves) > 1 and logged > saves[1]:
+    raise _damaged(
+      workdir,
+      f"checkpoints/ holds no checkpoint, though metrics.msgpack logs {logged} steps (the "
+      f"first was saved at step {saves[0]})",
+      f"restore checkpoints/, or {move}",
+    )
+  check_log_end(workdir, logged)
+  _check_runs_json(workdir, sweep)
+  _check_splits(workdir, sweep)
+
+
+def check_log_end(workdir: Path, logged: int | None) -> None:
+  """Refuses a metric log (whose last intact record is at step ``logged``) that ends
+  before the newest checkpoint: the record of a checkpoint's step is written before
+  the checkpoint, so such a log was cut short (or deleted)."""
+  steps = checkpoint_steps(workdir)
+  if steps and (logged is None or logged < steps[-1]):
+    if not (workdir / "metrics.msgpack").exists():
+      what = f"metrics.msgpack is missing, though the sweep has trained (checkpoints at {steps})"
+    else:
+      what = (
+        f"metrics.msgpack ends at step {logged}, but the checkpoints reach step {steps[-1]}: "
+        "the log was cut short"
+      )
+    raise _damaged(workdir, what, "restore metrics.msgpack, or train again in a new --workdir")
+
+
+def _check_runs_json(workdir: Path, sweep: Sweep) -> None:
+  path = workdir / "runs.json"
+  if not path.exists():
+    log.warning("%s is missing; it is written again from config.json", path)
+    return
+  try:
+    runs = json.loads(path.read_text())
+    ok = isinstance(runs, list) and len(runs) == len(sweep.runs)
+    ok = ok and all(isinstance(r, dict) for r in runs)
+  except (OSError, ValueError):
+    ok = False
+  if not ok:
+    raise _damaged(
+      workdir,
+      f"runs.json does not read as the {len(sweep.runs)} runs of config.json",
+      "restore runs.json, or delete it to have it written again from config.json",
+    )
+  new = json.loads(json.dumps(sweep.runs))
+  for k, (old, run) in enumerate(zip(runs, new)):
+    diff = sorted(f for f in old.keys() & run.keys() if old[f] != run[f])
+    if diff:
+      raise _damaged(
+        workdir,
+        f"runs.json's run {k} differs from config.json's (in {', '.join(diff)})",
+        "restore runs.json, or delete it to have it written again from config.json",
+      )
+
+
+def _splits(sweep: Sweep) -> dict[str, np.ndarray]:
+  return dict(
+    inputs=sweep.table.inputs,
+    labels=sweep.table.labels,
+    train_masks=sweep.train_masks,
+    val_masks=sweep.val_masks,
+  )
+
+
+def _check_splits(workdir: Path, sweep: Sweep) -> None:
+  path = workdir / "splits.npz"
+  if not path.exists():
+    log.warning("%s is missing; it is written again from config.json", path)
+    return
+  try:
+    with np.load(path, allow_pickle=False) as saved:
+      differ = [
+        name
+        for name, want in _splits(sweep).items()
+        if name not in saved or not np.array_equal(saved[name], want)
+      ]
+  except Exception as e:  # not a zip, a torn member, a bad header: all "does not read"
+    raise _damaged(
+      workdir,
+      f"splits.npz does not read ({type(e).__name__})",
+      "restore it, or delete it to have it written again from config.json",
+    ) from None
+  if differ:
+    raise UserError(
+      f"{path} holds other {', '.join(differ)} than config.json gives (the file was changed, "
+      "or this version of grokjax builds the table differently): the checkpoints belong to "
+      "those; restore it, or train again in a new --workdir"
+    )
+
+
 def _write_workdir(workdir: Path, sweep: Sweep) -> None:
   """config.json, runs.json and splits.npz (kept if there: the same splits)."""
   if not (workdir / "splits.npz").exists():
-    np.savez_compressed(
-      workdir / "splits.npz",
-      inputs=sweep.table.inputs,
-      labels=sweep.table.labels,
-      train_masks=sweep.train_masks,
-      val_masks=sweep.val_masks,
-    )
+    tmp = workdir / "splits.npz.tmp"
+    with open(tmp, "wb") as f:
+      np.savez_compressed(f, **_splits(sweep))
+    os.replace(tmp, workdir / "splits.npz")
   logs.write_json_atomic(workdir / "runs.json", sweep.runs)
   logs.write_json_atomic(workdir / "config.json", config_lib.to_json(sweep.cfg))
 
@@ -428,6 +577,58 @@ def _restore_newest(sweep: Sweep, mngr, table, runs, workdir: Path):
   return None
 
 
+MAX_STEPS = 2**31 - 1  # a run's step counter is int32
+MAX_EVALS = 1_000_000  # evaluation points of one sweep: records in metrics.msgpack
+
+
+def _memory_limit() -> tuple[float, str]:
+  """Bytes a device may hold, and what they are (an accelerator's own memory; on CPU
+  half the machine's memory, as for the table)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return float(stats["bytes_limit"]), f"the {jax.local_devices()[0].device_kind}'s memory"
+  total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return total / 2, f"half of this machine's {total / 2**30:.0f} GiB"
+
+
+def _check_budget(sweep: Sweep) -> None:
+  """Refuses, before anything is written, a sweep that cannot run: more steps than
+  a step counter holds, more evaluations than a log should, or states that do not
+  fit in memory (parameters, optimizer state and gradients of every run of a device)."""
+  cfg = sweep.cfg
+  if cfg.steps > MAX_STEPS:
+    raise UserError(
+      f"steps={cfg.steps} is more than a run can count ({MAX_STEPS:,}); give fewer "
+      "--config.steps"
+    )
+  evals = cfg.eval_points if cfg.eval_schedule == "log" else cfg.steps // cfg.eval_every
+  if evals > MAX_EVALS:
+    fix = (
+      "--config.eval_points" if cfg.eval_schedule == "log" else "a larger --config.eval_every"
+    )
+    raise UserError(
+      f"{evals:,} evaluations (steps={cfg.steps}, eval_every={cfg.eval_every}, "
+      f"eval_schedule={cfg.eval_schedule}) is more than the {MAX_EVALS:,} a sweep may log; "
+      f"give {fix}"
+    )
+  need = sweep.table.inputs.nbytes + sweep.table.labels.nbytes
+  d = jax.device_count()
+  for prog in sweep.programs:
+    run = jax.tree.map(lambda x: x[0], run_arrays(sweep, prog))
+    shapes = jax.eval_shape(lambda r, s=prog.static: train.init_state(s, sweep.table, r), run)
+    state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes.params))
+    per_device = train.padded_runs(len(prog.runs), vmap_group(cfg, prog.static.batch), d) // d
+    need += per_device * (state + params)  # + the gradients
+  limit, what = _memory_limit()
+  if need > limit:
+    raise UserError(
+      f"the sweep's states need {need / 2**30:,.1f} GiB a device (parameters, optimizer "
+      f"state and gradients of {len(sweep.runs)} runs), more than {what}; use a smaller "
+      "model (model.width, model.num_layers) or fewer runs"
+    )
+
+
 def run_sweep(
   cfg, workdir=None, *, reconfigure: bool = False, progress: bool = True, wait: bool = False
 ) -> Path:
@@ -436,12 +637,15 @@ def run_sweep(
   Writes the metric log and the checkpoints, nothing else (grokjax.report
   summarises and draws). Returns the run directory.
 
-  One process at a time trains a run directory (grokjax.lock; ``wait``: queue for
-  it instead of refusing). Ctrl-C stops at once with the finished checkpoints kept:
-  the same call resumes.
+  Everything is checked before the first write: the config, the memory the sweep
+  needs, its evaluation count, and a run directory that is damaged or holds another
+  sweep. One process at a time trains a run directory (grokjax.lock; ``wait``: queue
+  for it instead of refusing). Ctrl-C stops within seconds with the finished
+  checkpoints kept: the same call resumes. A full disk is a UserError.
   """
   sweep = build(cfg)
   cfg = sweep.cfg
+  _check_budget(sweep)
   if jax.process_count() > 1 and not workdir:
     raise UserError("a sweep over several processes needs --workdir (one directory for all)")
   workdir = Path(workdir) if workdir else default_workdir(cfg)
@@ -449,20 +653,62 @@ def run_sweep(
   # checkpoints are Orbax's, written by all).
   primary = jax.process_index() == 0
   trackers = integrations.Writers()
+  _check_path(workdir)
+  new = not workdir.exists()
   if primary:
     _check_workdir(workdir, sweep, reconfigure)
     trackers = integrations.make_writer(cfg, sweep.runs, workdir)  # wandb/TensorBoard, if on
-  with lock.hold(workdir, wait) if primary else contextlib.nullcontext():
-    try:
+  try:
+    with lock.hold(workdir, wait) if primary else contextlib.nullcontext():
       _train(sweep, workdir, primary, trackers, progress)
-    except OSError as e:
-      if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-        raise
+  except BaseException as e:
+    if new and primary and workdir.is_dir() and not any(workdir.iterdir()):
+      workdir.rmdir()  # failed before writing anything: leave no empty folder behind
+    if isinstance(e, Exception) and disk_full(e):
       raise UserError(
-        f"the disk is full ({e.filename or workdir}); what was written is kept: free some "
-        "space, then run the same command to resume"
+        f"the disk is full ({getattr(e, 'filename', None) or workdir}); what was written is "
+        "kept: free some space, then run the same command to resume"
       ) from None
+    raise
   return workdir
+
+
+def disk_full(e: BaseException) -> bool:
+  """Whether ``e`` (or an exception it was raised from) says the disk is full: an
+  OSError ENOSPC/EDQUOT, or TensorStore's message for one (Orbax's async saves)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(s in str(e) for s in ("No space left on device", "Disk quota exceeded")):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+SAVE_WAIT_S = 10.0  # Ctrl-C: how long a checkpoint being written may take to finish
+
+
+def _wait_saves(mngr, timeout: float) -> bool:
+  """Waits at most ``timeout`` s (a second Ctrl-C: not at all) for the checkpoint
+  being written; whether it finished. (Orbax's own wait has no time limit, and a
+  save interrupted at the wrong moment waits minutes for a signal that never comes.)"""
+  failed = []
+
+  def wait():
+    try:
+      mngr.wait_until_finished()
+    except Exception as e:  # the save failed: it is not finished
+      failed.append(e)
+
+  thread = threading.Thread(target=wait, daemon=True)
+  thread.start()
+  try:
+    thread.join(timeout)
+  except KeyboardInterrupt:
+    return False
+  return not thread.is_alive() and not failed
 
 
 def _train(sweep: Sweep, workdir: Path, primary: bool, trackers, progress: bool) -> None:
@@ -471,6 +717,27 @@ def _train(sweep: Sweep, workdir: Path, primary: bool, trackers, progress: bool)
   table, runs = device_inputs(sweep)
   fns = sweep_fns(sweep)
   mngr = checkpoint.manager(workdir, cfg.checkpoint_keep)
+  closed, failed = False, True
+  try:
+    _train_from(sweep, workdir, primary, trackers, progress, table, runs, fns, mngr)
+    failed = False
+  except KeyboardInterrupt:
+    closed = not _wait_saves(mngr, SAVE_WAIT_S)  # an unfinished save is left to the next run
+    steps = checkpoint_steps(workdir)
+    where = f"step {steps[-1]}" if steps else "the start"
+    raise Interrupted(
+      f"interrupted; the sweep in {workdir} resumes from {where} with the same command"
+    ) from None
+  finally:
+    trackers.close()
+    if not closed:
+      # after a failure, closing must not hide it (a failed save raises again here)
+      with contextlib.suppress(Exception) if failed else contextlib.nullcontext():
+        mngr.close()
+
+
+def _train_from(sweep, workdir, primary, trackers, progress, table, runs, fns, mngr) -> None:
+  cfg = sweep.cfg
   padded = [int(r.seed.shape[0]) for r in runs]
   restored = _restore_newest(sweep, mngr, table, runs, workdir)
   start = 0
@@ -486,7 +753,6 @@ def _train(sweep: Sweep, workdir: Path, primary: bool, trackers, progress: bool)
   if not points:
     if primary:
       print(f"sweep in {workdir} is finished ({start} steps); nothing to do")
-    mngr.close()
     return
   bar = tqdm(
     total=cfg.steps,
@@ -496,7 +762,7 @@ def _train(sweep: Sweep, workdir: Path, primary: bool, trackers, progress: bool)
     desc=f"{', '.join(_ops(sweep.runs))} (p={cfg.p}), {len(sweep.runs)} runs",
   )
   writer = logs.MetricWriter(workdir / "metrics.msgpack") if primary else None
-  pending, prev, saved_at = None, start, start if restored else None
+  pending, prev = None, start
 
   def flush():
     record = _record(*pending, sweep)
@@ -524,20 +790,11 @@ def _train(sweep: Sweep, workdir: Path, primary: bool, trackers, progress: bool)
         flush()
         pending = None
         checkpoint.save(mngr, step, states, {"step": step, "padded_runs": padded})
-        saved_at = step
       prev = step
     if pending:
       flush()
     mngr.wait_until_finished()
-  except KeyboardInterrupt:
-    mngr.wait_until_finished()  # a checkpoint being written is finished, not torn
-    where = f"step {saved_at}" if saved_at is not None else "the start"
-    raise Interrupted(
-      f"interrupted; the sweep in {workdir} resumes from {where} with the same command"
-    ) from None
   finally:
-    trackers.close()
     bar.close()
     if writer:
       writer.close()
-    mngr.close()
