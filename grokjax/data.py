@@ -40,6 +40,7 @@ _MODULAR: dict[str, tuple[Callable, bool, bool]] = {
   "add": (lambda x, y, p: x + y, False, True),
   "sub": (lambda x, y, p: x - y, False, True),
   "mul": (lambda x, y, p: x * y, False, True),
+  "mul_nz": (lambda x, y, p: x * y, False, False),  # y != 0, as Grokfast's main.py
   "div": (lambda x, y, p: x * _inv(y, p), True, False),
   "div_odd_sub": (lambda x, y, p: np.where(y % 2 == 1, x * _inv(y, p), x - y), True, False),
   "sq_sum": (lambda x, y, p: x**2 + y**2, False, True),

@@ -24,6 +24,7 @@ LAYERS = {
   "model": 3,
   "methods": 3,
   "fourier": 3,
+  "papers": 3,
   "config": 4,
   "train": 4,
   "sweep": 5,
