@@ -164,6 +164,20 @@ class _NoOrbaxErrors(std_logging.Filter):
     return record.levelno < std_logging.ERROR or "orbax" not in record.pathname
 
 
+def _quiet_closed_loops(default):
+  """An unraisable-exception hook that drops the "Event loop is closed" of a TensorStore
+  read finishing after Orbax gave up on its checkpoint (a damaged one: the failure
+  itself reaches the script, and is said once)."""
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      return
+    default(unraisable)
+
+  return hook
+
+
 def _exit_now(message: str, status: int):
   """Prints ``message`` and exits at once: threads still writing (an abandoned
   checkpoint save) are not waited for, as a normal exit would."""
@@ -185,6 +199,7 @@ def run(main) -> None:
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     logging.get_absl_handler().addFilter(_NoOrbaxErrors())
+    sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
     try:
       out = main(argv)
     except UserError as e:

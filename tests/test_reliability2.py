@@ -162,18 +162,19 @@ def test_ctrl_c_while_a_checkpoint_is_saved_is_one_line_within_seconds(tmp_path,
   after an ill-timed interrupt): Ctrl-C still stops in SAVE_WAIT_S, with one message."""
   monkeypatch.setattr(sweep, "SAVE_WAIT_S", 1.0)
   save = checkpoint.save
+  interrupted_at = []
 
   def interrupted_save(mngr, step, states, meta):
     save(mngr, step, states, meta)
     if step == 30:
       monkeypatch.setattr(type(mngr), "wait_until_finished", lambda self: time.sleep(60))
+      interrupted_at.append(time.time())
       raise KeyboardInterrupt
 
   monkeypatch.setattr(checkpoint, "save", interrupted_save)
-  begin = time.time()
   with pytest.raises(Interrupted, match=r"resumes from step (20|30) with the same command"):
     sweep.run_sweep(tiny(checkpoint_every=10), tmp_path / "run", progress=False)
-  assert time.time() - begin < 30
+  assert time.time() - interrupted_at[0] < 20  # Orbax's wait alone would take 60 s (twice)
   assert not (tmp_path / "run" / ".lock").exists()
 
 
