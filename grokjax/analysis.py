@@ -1,14 +1,17 @@
 """A sweep's results from its metrics: steps to a threshold, the grokking delay,
 medians and spread over seeds, the results table, and the metric log as a tidy table.
 
-Everything here is numpy on the host; nothing imports jax or matplotlib. Functions
-that take ``rd`` read its ``path``, ``runs`` and ``metrics`` (a grokjax.rundir.RunDir).
+Everything here is numpy on the host; nothing imports jax or matplotlib (the t-SNE
+of ``tsne`` is scikit-learn's, an optional extra). Functions that take ``rd`` read
+its ``path``, ``runs`` and ``metrics`` (a grokjax.rundir.RunDir).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -63,25 +66,40 @@ class PhaseRule:
 
 
 PHASES = ("comprehension", "grokking", "memorization", "confusion", "diverged")
+# A run that reached the phase threshold but whose stable val accuracy ended below
+# it: its phase (comprehension or grokking) with this suffix, e.g. "grokking (relapsed)".
+RELAPSED = " (relapsed)"
 
 
-def phase(train_step, val_step, budget: int, diverged: bool, rule: PhaseRule) -> str:
+def base_phase(name: str) -> str:
+  """One of PHASES: ``name`` without the RELAPSED suffix."""
+  return name.removesuffix(RELAPSED)
+
+
+def phase(
+  train_step, val_step, budget: int, diverged: bool, rule: PhaseRule, relapsed: bool = False
+) -> str:
   """One run's phase from the first steps its train and val accuracy reached
-  ``rule.threshold`` (None: never) within ``budget`` steps. A run that drops below
-  again afterwards keeps the phase of when it first got there."""
+  ``rule.threshold`` (None: never) within ``budget`` steps: it keeps the phase of
+  when it first got there, marked RELAPSED when its stable val accuracy ended below
+  the threshold (``relapsed``)."""
   if diverged:
     return "diverged"
   if train_step is None:
     return "confusion"
   if val_step is None:
     return "memorization"
-  return "grokking" if val_step - train_step > rule.delay * budget else "comprehension"
+  name = "grokking" if val_step - train_step > rule.delay * budget else "comprehension"
+  return name + (RELAPSED if relapsed else "")
 
 
-def stable(values_T: np.ndarray) -> float:
-  """The median of the last 10% of evaluations (at least one): a run's accuracy at
-  the end, not the luck of its last evaluation falling in a spike."""
-  return float(np.median(values_T[-max(1, math.ceil(0.1 * len(values_T))) :]))
+def stable(steps_T: np.ndarray, values_T: np.ndarray) -> float:
+  """The median over the evaluations in the last 10% of the steps logged (at
+  least the last one): a run's accuracy at the end, not the luck of its last
+  evaluation falling in a spike. By steps, not by evaluations, so a log-spaced
+  schedule does not reach back into the run's middle."""
+  steps_T = np.asarray(steps_T)
+  return float(np.median(np.asarray(values_T)[steps_T >= 0.9 * steps_T[-1]]))
 
 
 def relapses(values_T: np.ndarray, threshold: float) -> np.ndarray:
@@ -94,14 +112,15 @@ def relapses(values_T: np.ndarray, threshold: float) -> np.ndarray:
 
 def spikes(values_T: np.ndarray, threshold: float) -> tuple[float | None, int]:
   """(fraction of the evaluations after the first one >= ``threshold`` that are
-  below it, number of drops below it followed by a recovery). The fraction is None
-  before the threshold is reached or with no evaluation after it."""
+  below it, number of drops below it after that first one, recovered or not: a run
+  that fell for good counts one). The fraction is None before the threshold is
+  reached or with no evaluation after it."""
   hit = values_T >= threshold
   if not hit.any():
     return None, 0
   after = hit[hit.argmax() :]
   frac = float((~after[1:]).mean()) if len(after) > 1 else None
-  return frac, int((after[1:] & ~after[:-1]).sum())
+  return frac, int((after[:-1] & ~after[1:]).sum())
 
 
 def summarize(records: list[dict], runs: list[dict], threshold: float = 0.99, rule=None) -> list:
@@ -114,37 +133,55 @@ def summarize_arrays(
 ) -> list[dict]:
   """One summary per run (``RunDir.metrics`` arrays): steps to ``threshold`` train
   and val accuracy and the delay between them; the stable accuracies (``final_*``:
-  the median of the last 10% of evaluations) and the last raw ones (``last_*``);
-  how often val fell below the threshold after first reaching it (``spike_frac``,
-  ``spikes``); whether it diverged; and its phase by ``rule`` with the steps that
-  decided it (``phase_train_step``, ``phase_val_step``, ``phase_budget``)."""
+  ``stable``, the median over the last 10% of the steps) and the last raw ones
+  (``last_*``); how often val fell below the threshold after first reaching it
+  (``spike_frac``, ``spikes``: every drop, recovered or not); ``relapsed``: it
+  reached the threshold, fell below it, and its stable val accuracy is below it (a
+  run that reaches it only at its last evaluations has not relapsed); whether it
+  diverged; and its phase by ``rule`` (RELAPSED when it relapsed at the rule's
+  threshold) with the steps that decided it
+  (``phase_train_step``, ``phase_val_step``, ``phase_budget``)."""
   m, rule = metrics, rule or PhaseRule()
   if not m:
     return []
-  train_at = first_step(m["step"], m["train_acc"], threshold)
-  val_at = first_step(m["step"], m["val_acc"], threshold)
-  phase_train = first_step(m["step"], m["train_acc"], rule.threshold)
-  phase_val = first_step(m["step"], m["val_acc"], rule.threshold)
-  budget = int(m["step"][-1])
+  steps = m["step"]
+  train_at = first_step(steps, m["train_acc"], threshold)
+  val_at = first_step(steps, m["val_acc"], threshold)
+  phase_train = first_step(steps, m["train_acc"], rule.threshold)
+  phase_val = first_step(steps, m["val_acc"], rule.threshold)
+  budget = int(steps[-1])
   out = []
   for k, run in enumerate(runs):
     t, v = train_at[k], val_at[k]
     diverged = not all(math.isfinite(x) for x in m["train_loss"][:, k])
     spike_frac, n_spikes = spikes(m["val_acc"][:, k], threshold)
+    final_val = stable(steps, m["val_acc"][:, k])
+    relapsed = {
+      level: bool(relapses(m["val_acc"][:, k], level).any()) and not final_val >= level
+      for level in (threshold, rule.threshold)
+    }  # fell below after reaching it, and ended below it (NaN: diverged, counts as below)
     out.append(
       dict(
         index=run["index"],
         train_step=t,
         val_step=v,
         delay=None if t is None or v is None else v - t,
-        final_train_acc=stable(m["train_acc"][:, k]),
-        final_val_acc=stable(m["val_acc"][:, k]),
+        final_train_acc=stable(steps, m["train_acc"][:, k]),
+        final_val_acc=final_val,
         last_train_acc=float(m["train_acc"][-1, k]),
         last_val_acc=float(m["val_acc"][-1, k]),
         spike_frac=spike_frac,
         spikes=n_spikes,
+        relapsed=relapsed[threshold],
         diverged=diverged,
-        phase=phase(phase_train[k], phase_val[k], budget, diverged, rule),
+        phase=phase(
+          phase_train[k],
+          phase_val[k],
+          budget,
+          diverged,
+          rule,
+          relapsed[rule.threshold],
+        ),
         phase_train_step=phase_train[k],
         phase_val_step=phase_val[k],
         phase_budget=budget,
@@ -157,6 +194,29 @@ def summary(rd, threshold: float | None = None) -> list[dict]:
   """``summarize_arrays`` of a run directory, by its config's threshold and phase rule."""
   threshold = rd.threshold if threshold is None else threshold
   return summarize_arrays(rd.metrics, rd.runs, threshold, PhaseRule.of(rd.config))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+  """Ranks 0..n-1, tied values sharing their mean rank."""
+  order = np.argsort(x, kind="stable")
+  ranks = np.empty(len(x))
+  ranks[order] = np.arange(len(x))
+  _, inverse = np.unique(x, return_inverse=True)
+  return (np.bincount(inverse, ranks) / np.bincount(inverse))[inverse]
+
+
+def correlation(x, y, rank: bool = False) -> float | None:
+  """Pearson's correlation of ``x`` and ``y`` over the pairs where both are finite
+  (``rank``: Spearman's, Pearson's of their ranks); None with fewer than 3 such
+  pairs or when either is constant there."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  keep = np.isfinite(x) & np.isfinite(y)
+  x, y = x[keep], y[keep]
+  if rank:
+    x, y = _ranks(x), _ranks(y)
+  if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    return None
+  return float(np.corrcoef(x, y)[0, 1])
 
 
 def setting(run: dict, exclude=SEED_FIELDS) -> dict:
@@ -206,27 +266,42 @@ def _isnan(v) -> bool:
   return isinstance(v, float) and math.isnan(v)
 
 
-STAT_FIELDS = ("train_step", "val_step", "delay", "final_train_acc", "final_val_acc", "spikes")
+STAT_FIELDS = (
+  "train_step",
+  "val_step",
+  "delay",
+  "final_train_acc",
+  "final_val_acc",
+  "last_val_acc",
+  "spikes",
+)
 
 
 def majority(phases: list[str]) -> tuple[str, float]:
-  """The most common phase of a setting's seeds (ties: the earlier in PHASES) and
-  the fraction of seeds in it."""
+  """The most common of PHASES among a setting's seeds (a relapsed seed counts as
+  its ``base_phase``; ties: the earlier in PHASES) and the fraction of seeds in it."""
+  phases = [base_phase(ph) for ph in phases]
   top = max(PHASES, key=lambda ph: (phases.count(ph), -PHASES.index(ph)))
   return top, phases.count(top) / len(phases)
 
 
 def group_summary(summary: list[dict], runs: list[dict], exclude=SEED_FIELDS) -> list[dict]:
   """Per setting (runs grouped over ``exclude``): the ``spread`` over its seeds of
-  the steps to threshold, the delay, the stable accuracies and the spike count, and
-  its phase (the seeds' majority, ``phase_agree`` the fraction that agree)."""
+  the steps to threshold, the delay, the stable and last accuracies and the spike
+  count; ``relapsed``, how many seeds relapsed; and its phase (the seeds' majority,
+  ``phase_agree`` the fraction that agree)."""
   out = []
   for key, members in group_runs(runs, exclude):
     stats = {f: spread([summary[k][f] for k in members]) for f in STAT_FIELDS}
     top, agree = majority([summary[k]["phase"] for k in members])
     out.append(
       dict(
-        setting=key, runs=[runs[k]["index"] for k in members], **stats, phase=top, phase_agree=agree
+        setting=key,
+        runs=[runs[k]["index"] for k in members],
+        **stats,
+        relapsed=sum(bool(summary[k].get("relapsed")) for k in members),
+        phase=top,
+        phase_agree=agree,
       )
     )
   return out
@@ -246,7 +321,8 @@ def phase_grid(summary: list[dict], runs: list[dict], x: str, y: str) -> dict:
   """The settings of an x-by-y sweep as [len(ys), len(xs)] arrays: the seeds'
   majority ``phase`` (index into PHASES, -1 for a missing cell), the fraction of
   seeds that agree, and the medians of the steps until val reached the phase
-  threshold and of the delay after train (NaN if fewer than half the seeds did)."""
+  threshold and of the delay after train (NaN if fewer than half the seeds did),
+  and how many seeds ``relapsed`` (their phase ends in RELAPSED)."""
   xs = sorted({r[x] for r in runs})
   ys = sorted({r[y] for r in runs})
   shape = (len(ys), len(xs))
@@ -258,6 +334,7 @@ def phase_grid(summary: list[dict], runs: list[dict], x: str, y: str) -> dict:
     val_step=np.full(shape, np.nan),
     delay=np.full(shape, np.nan),
     seeds=np.zeros(shape, int),
+    relapsed=np.zeros(shape, int),
   )
   cells: dict[tuple, list[int]] = {}
   for k, r in enumerate(runs):
@@ -269,6 +346,7 @@ def phase_grid(summary: list[dict], runs: list[dict], x: str, y: str) -> dict:
       agree,
       len(members),
     )
+    out["relapsed"][cell] = sum(summary[k]["phase"].endswith(RELAPSED) for k in members)
     val = [summary[k]["phase_val_step"] for k in members]
     train = [summary[k]["phase_train_step"] for k in members]
     delay = [None if v is None else v - t for v, t in zip(val, train)]
@@ -295,30 +373,45 @@ def swept(runs: list[dict]) -> list[str]:
   return [f for f in fields if f != "split_seed" or apart]
 
 
-RESULT_COLUMNS = ("train>=thr", "val>=thr", "delay", "train_acc", "val_acc", "spikes")
+RESULT_COLUMNS = (
+  "train>=thr",
+  "val>=thr",
+  "delay",
+  "train_acc",
+  "val_acc",
+  "last_val",
+  "spikes",
+  "relapsed",
+)
 
 
 def table(summary: list[dict], runs: list[dict], swept: list[str], rule=None) -> str:
   """A plain-text table of per-run results, one line per run; then, when a setting
   has several seeds, one line per setting: median (min-max) over its seeds.
 
-  ``train_acc``/``val_acc`` are the stable accuracies (median of the last 10% of
-  evaluations); ``spikes`` counts val's drops below the threshold after first
-  reaching it that recovered, with the share of later evaluations below it; the
-  ``phase`` is decided by ``rule`` (a PhaseRule; the default one if None)."""
+  ``train_acc``/``val_acc`` are the stable accuracies (median over the last 10% of
+  the steps), ``last_val`` the last evaluation's; ``spikes`` counts val's drops
+  below the threshold after first reaching it, recovered or not, with the share of
+  later evaluations below it; ``relapsed``: reached the threshold, stable val below
+  it (per setting: how many seeds); the ``phase`` is decided by ``rule`` (a
+  PhaseRule; the default one if None)."""
   fmt = lambda x: "never" if x is None else str(x)
   rows = []
   for s, r in zip(summary, runs):
     spike = str(s["spikes"]) + (f" ({s['spike_frac']:.0%})" if s["spike_frac"] else "")
-    accs = ["diverged"] * 2 if s["diverged"] else [f"{s[f]:.3f}" for f in _ACCS]
+    accs = ["diverged"] * 3 if s["diverged"] else [f"{s[f]:.3f}" for f in _ACCS]
     steps = [fmt(s[f]) for f in ("train_step", "val_step", "delay")]
-    rows.append([str(r["index"]), *(str(r[k]) for k in swept), *steps, *accs, spike, s["phase"]])
+    relapsed = "yes" if s.get("relapsed") else "no"
+    rows.append(
+      [str(r["index"]), *(str(r[k]) for k in swept), *steps, *accs, spike, relapsed, s["phase"]]
+    )
   text = _columns([["run", *swept, *RESULT_COLUMNS, "phase"], *rows])
   if summary:
     rule = rule or PhaseRule()
     text += (
       f"\nphase at {100 * rule.threshold:g}% accuracy (phase.threshold): grokking if val got "
-      f"there more than {100 * rule.delay:g}% of the {summary[0]['phase_budget']} steps after train"
+      f"there more than {100 * rule.delay:g}% of the {summary[0]['phase_budget']} steps after "
+      f"train; '{RELAPSED.strip()}': its stable val accuracy ended below it"
     )
   groups = group_summary(summary, runs)
   if summary and max(len(g["runs"]) for g in groups) > 1:
@@ -332,6 +425,7 @@ def table(summary: list[dict], runs: list[dict], swept: list[str], rule=None) ->
         *(_fmt_spread(g[f]) for f in ("train_step", "val_step", "delay")),
         *(_fmt_spread(g[f], 3) for f in _ACCS),
         _fmt_spread(g["spikes"]),
+        f"{g['relapsed']}/{len(g['runs'])}",
         g["phase"] + ("" if g["phase_agree"] == 1 else f" ({g['phase_agree']:.0%})"),
       ]
       for g in groups
@@ -340,7 +434,7 @@ def table(summary: list[dict], runs: list[dict], swept: list[str], rule=None) ->
   return text
 
 
-_ACCS = ("final_train_acc", "final_val_acc")
+_ACCS = ("final_train_acc", "final_val_acc", "last_val_acc")
 
 
 def _columns(lines: list[list[str]]) -> str:
@@ -355,15 +449,17 @@ RUN_RESULTS = (
   "phase_val_step",
   "final_train_acc",
   "final_val_acc",
+  "last_val_acc",
   "spike_frac",
   "spikes",
+  "relapsed",
 )
 
 
 def tidy_rows(rd) -> list[dict]:
   """The metric log as a tidy table: one row per run per evaluation point, holding
-  the run's runs.json entry, its results (``RUN_RESULTS``: phase, stable
-  accuracies, spikes), the step and every metric. Rows go run by run."""
+  the run's runs.json entry, its results (``RUN_RESULTS``: phase, stable and last
+  accuracies, spikes, relapsed), the step and every metric. Rows go run by run."""
   if not rd.metrics:
     return []
   names = [k for k in rd.metrics if k != "step"]
@@ -414,3 +510,44 @@ def _write_rows(tmp: Path, rows: list[dict], fmt: str) -> None:
           k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
         }
         f.write(json.dumps(clean, allow_nan=False) + "\n")
+
+
+# --- t-SNE of the output layer (Power et al. Fig. 3) --------------------------------------------
+
+
+def require_tsne():
+  """scikit-learn's TSNE class, or a UserError naming the extra that installs it."""
+  try:
+    return importlib.import_module("sklearn.manifold").TSNE
+  except ImportError:
+    raise UserError(
+      "report.embeddings needs scikit-learn for its t-SNE; pip install -e '.[analysis]'"
+    ) from None
+
+
+def tsne(rows_CxD: np.ndarray, seed: int = 0) -> np.ndarray:
+  """[C, 2]: scikit-learn's t-SNE of the rows (PCA initialisation, ``seed`` its
+  random state; perplexity 30, or (C - 1) / 3 for fewer than 91 rows)."""
+  rows = np.asarray(rows_CxD, np.float64)
+  perplexity = min(30.0, max((len(rows) - 1) / 3, 1.0))
+  model = require_tsne()(2, perplexity=perplexity, init="pca", random_state=seed)
+  return model.fit_transform(rows)
+
+
+def cycle_type(perm) -> tuple[int, ...]:
+  """The lengths of a permutation's cycles, longest first: (3, 1, 1) for (0 1 2)."""
+  seen, lengths = set(), []
+  for start in range(len(perm)):
+    n, i = 0, start
+    while i not in seen:
+      seen.add(i)
+      i, n = perm[i], n + 1
+    if n:
+      lengths.append(n)
+  return tuple(sorted(lengths, reverse=True))
+
+
+def cycle_types(n: int = 5) -> list[tuple[int, ...]]:
+  """The cycle type of each permutation of range(n), in itertools order (S5's
+  elements: grokjax.data.s5_elements)."""
+  return [cycle_type(p) for p in itertools.permutations(range(n))]

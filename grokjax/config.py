@@ -15,7 +15,7 @@ import json
 import ml_collections
 import numpy as np
 
-from grokjax import data, methods, model, registry  # noqa: F401  (the built-ins register)
+from grokjax import analysis, data, fourier, methods, model, papers, registry  # noqa: F401
 from grokjax.errors import UserError
 from grokjax.registry import Key
 
@@ -87,6 +87,19 @@ SWEEP_KEYS = (
     "in [0, 1)",
   ),
   Key("interp", False, "report the progress measures (grokjax.interp) after the sweep"),
+  Key(
+    "reproduce",
+    "",
+    "the published result this sweep reproduces (configs/reproduce.py sets it): the report "
+    "prints the paper's number beside the sweep's",
+    choices=papers.names,
+  ),
+  Key(
+    "report.embeddings",
+    False,
+    "report figures/embeddings.png: a t-SNE of the output layer's rows (Power et al. Fig. 3; "
+    "pip install -e '.[analysis]')",
+  ),
   Key(
     "checkpoint_every", 10_000, "steps between Orbax checkpoints (and one at the end)", *_positive
   ),
@@ -217,6 +230,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _set(cfg, key.path, key.coerce(_get(cfg, key.path), key.path))
   cfg.op = data.canonical_op(cfg.op)
   data.num_elements(cfg.op, cfg.p)
+  if cfg.report.embeddings:
+    analysis.require_tsne()  # before anything trains
   for name in ("ops", "variants"):  # --config.sweep.ops=add,sub reaches us as one string "add,sub"
     values = _as_list(cfg.sweep[name])
     cfg.sweep[name] = tuple(p.strip() for v in values for p in str(v).split(",") if p.strip())

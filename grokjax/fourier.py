@@ -19,17 +19,20 @@ a function of one frequency of (x, y), and its logits are sums of cos w_k(x ± y
 - measures, per run and checkpoint (``Context`` -> scalar): the restricted loss (all
   pairs), the excluded loss (training pairs), the Gini coefficients of W_E's and
   W_L's Fourier components, the total squared weight norm, the key frequencies' share
-  of the embedding. ``make_measure_fn`` computes them in float64.
+  of the embedding, and (switched on by ``measure.sharpness``) Power et al.'s
+  sharpness (``keskar_sharpness``). ``make_measure_fn`` computes them in float64.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from grokjax import registry
 from grokjax.errors import UserError
@@ -197,6 +200,24 @@ def forward(model, params, inputs_BxT) -> Forward:
   return Forward(logits, neurons if neurons.ndim == 2 else neurons[:, -1], w @ w_u, w_u)
 
 
+def output_rows(model, params, inputs_BxT) -> np.ndarray:
+  """[C, D]: the output layer's rows, one per answer class: the kernel of the last
+  ``nn.Dense`` the model calls (the one that gives the logits), transposed. Any
+  model whose logits come from a Dense (Power et al. Fig. 3's "output layer")."""
+  last = []
+
+  def record(next_fun, args, kwargs, ctx):
+    if ctx.method_name == "__call__" and isinstance(ctx.module, nn.Dense):
+      last[:] = [ctx.module.variables["params"]["kernel"]]
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    model.apply({"params": params}, inputs_BxT)
+  if not last:
+    raise UserError(f"{type(model).__name__} has no Dense output layer to draw")
+  return np.asarray(last[0]).T
+
+
 # --- restricted / excluded logits --------------------------------------------------------------
 
 
@@ -265,7 +286,66 @@ class Context(NamedTuple):
   w_l: jax.Array  # [M, p]: the neuron-to-logit map
   embed_components: jax.Array  # [p]: W_E's norm along each Fourier basis vector
   w_l_components: jax.Array  # [p]: W_L's (over the output class)
+  apply: Callable | None = None  # params -> [p*p, p] logits on the grid (float64)
 
+
+def train_loss(ctx: Context, params=None):
+  """The mean cross-entropy on the run's training pairs, at ``params`` (default:
+  the checkpoint's own)."""
+  logits = ctx.logits if params is None else ctx.apply(params)
+  return xent(logits, ctx.labels, ctx.train_w)
+
+
+def keskar_sharpness(loss_fn, x0_N, key, dim: int = 10, epsilon: float = 1e-3, steps: int = 10):
+  """Keskar et al.'s (2017, eq. 4) sharpness of ``loss_fn`` (a function of the flat
+  parameter vector) at ``x0_N``, in a random subspace as openai/grok's
+  ``get_sharpness`` draws it: A⁺ [dim, N] uniform in [-1, 1] (from ``key``) with
+  unit rows, A its pseudo-inverse, the box |y_i| <= epsilon (|(A⁺ x0)_i| + 1), and
+
+    phi = 100 (max_{y in box} f(x0 + A y) - f(x0)) / (1 + f(x0)).
+
+  The maximum is sought by ``steps`` steps of projected sign-gradient ascent (the
+  box's steepest ascent) from y = 0, the first a full box-width step to the corner
+  the gradient points at, each later one half the one before; the largest loss
+  seen counts. (openai/grok runs scipy's L-BFGS-B for 10 iterations, and its
+  ``func`` returns the loss unnegated, so it minimises where Keskar maximises.)"""
+  a_plus_DxN = jax.random.uniform(key, (dim, x0_N.shape[0]), x0_N.dtype, -1.0, 1.0)
+  a_plus_DxN = a_plus_DxN / jnp.linalg.norm(a_plus_DxN, axis=1, keepdims=True)
+  a_NxD = jnp.linalg.pinv(a_plus_DxN)
+  bound_D = epsilon * (jnp.abs(a_plus_DxN @ x0_N) + 1)
+  f = lambda y_D: loss_fn(x0_N + a_NxD @ y_D)
+  f0 = f(jnp.zeros(dim, x0_N.dtype))
+
+  def ascend(carry, scale):
+    y_D, best = carry
+    value, grad_D = jax.value_and_grad(f)(y_D)
+    y_D = jnp.clip(y_D + scale * bound_D * jnp.sign(grad_D), -bound_D, bound_D)
+    return (y_D, jnp.maximum(best, value)), None
+
+  scales = 0.5 ** jnp.arange(steps, dtype=x0_N.dtype)
+  (y_D, best), _ = jax.lax.scan(ascend, (jnp.zeros(dim, x0_N.dtype), f0), scales)
+  best = jnp.maximum(best, f(y_D))
+  return 100 * (best - f0) / (1 + f0)
+
+
+def sharpness(ctx: Context, sharpness_dim, sharpness_epsilon, sharpness_seed, **_):
+  """Power et al.'s (appendix) sharpness: ``keskar_sharpness`` of the training loss
+  over all parameters, its random subspace drawn from ``jax.random.key(seed)``: the
+  same directions at every checkpoint and for every run of that seed, so a run
+  measured alone or batched gets the same number."""
+  x0_N, unravel = ravel_pytree(ctx.params)
+  return keskar_sharpness(
+    lambda x_N: train_loss(ctx, unravel(x_N)),
+    x0_N,
+    jax.random.key(sharpness_seed),
+    sharpness_dim,
+    sharpness_epsilon,
+    SHARPNESS_STEPS,
+  )
+
+
+SHARPNESS_STEPS = 10  # openai/grok's maxiter
+_positive = (lambda v: v > 0, "> 0")
 
 for _measure in (
   registry.Measure("gini", lambda c: gini(c.embed_components), "Gini of W_E's Fourier components"),
@@ -290,6 +370,33 @@ for _measure in (
     lambda c: jnp.sum(jnp.where(c.key_mask, c.embed_norms**2, 0)) / jnp.sum(c.embed_norms[1:] ** 2),
     "the key frequencies' share of the embedding's squared norm",
   ),
+  registry.Measure(
+    "sharpness",
+    sharpness,
+    "sharpness of the training loss, Keskar's phi (Power et al., appendix)",
+    keys=(
+      registry.Key(
+        "measure.sharpness",
+        False,
+        "progress measures (interp) include Power et al.'s sharpness, Keskar's phi in a random "
+        "subspace (10 gradient steps per run and checkpoint)",
+      ),
+      registry.Key(
+        "measure.sharpness_dim", 10, "sharpness: the random subspace's dimension", *_positive
+      ),
+      registry.Key(
+        "measure.sharpness_epsilon", 1e-3, "sharpness: the box's relative size", *_positive
+      ),
+      registry.Key(
+        "measure.sharpness_seed",
+        0,
+        "sharpness: the random subspace's key, jax.random.key(seed)",
+        lambda v: v >= 0,
+        ">= 0",
+      ),
+    ),
+    active=lambda values: values["sharpness"],
+  ),
 ):
   registry.register(_measure)
 
@@ -307,13 +414,26 @@ def make_neuron_fn(model, p: int):
   return lambda params, inputs: forward(model, to_float64(params), inputs).neurons
 
 
-def make_measure_fn(model, p: int):
+def active_measures(run: dict) -> dict[str, dict]:
+  """{name: its key values} of the registered measures the run gets (``active``), in
+  registration order; ``run`` a runs.json entry."""
+  out = {}
+  for name, m in registry.MEASURES.items():
+    values = m.values(run)
+    if m.active(values):
+      out[name] = values
+  return out
+
+
+def make_measure_fn(model, p: int, measures: dict[str, dict] | None = None):
   """fn(params, inputs, labels, train_w, phase, key_mask) -> {name: value} of one
-  run at one checkpoint: every registered measure, and the embedding's and
+  run at one checkpoint: each of ``measures`` ({name: its key values}; default:
+  those a run with every key at its default gets), and the embedding's and
   unembedding's frequency norms and the embedding itself (for the figures). Trace
   and run it under ``jax.enable_x64(True)``: the parameters are cast to float64 and
   the forward pass and every measure run in float64. jit/vmap it over runs."""
   basis = fourier_basis(p)
+  measures = active_measures({}) if measures is None else measures
 
   def fn(params, inputs, labels, train_w, phase, key_mask):
     params = to_float64(params)
@@ -335,9 +455,10 @@ def make_measure_fn(model, p: int):
       w_l,
       component_norms(embed, basis),
       component_norms(w_l.T, basis),
+      lambda other: model.apply({"params": other}, inputs)[:, :p],
     )
     return dict(
-      **{name: m.fn(ctx) for name, m in registry.MEASURES.items()},
+      **{name: registry.MEASURES[name].fn(ctx, **values) for name, values in measures.items()},
       embed_norms=ctx.embed_norms,
       unembed_norms=freq_norms(out.w_u[:, :p].T, basis),
       w_l_norms=freq_norms(w_l.T, basis),

@@ -84,14 +84,28 @@ class Key:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A training method: any of three hooks, each called with the run's values of
+  """A training method: any of these hooks, each called with the run's values of
   ``keys`` as keyword arguments named by each key's ``field``.
 
   - ``gradient(**values)`` -> an optax GradientTransformation applied to the
     gradients before the optimizer (filters chain in registration order); with
     ``uses_step`` it also gets ``step=``, the update's index shared by all runs;
+  - ``direction(**values)`` -> a GradientTransformation applied inside the optimizer
+    to its step direction (Adam's m / (sqrt(v) + eps)), before the learning rate and
+    the weight decay (the Optimizer's ``make`` gets them as ``directions=``);
   - ``init(params, **values)`` -> the initial parameters;
+  - ``perturb(params, key, **values)`` -> the parameters the gradient is taken at
+    (the update still moves the unperturbed ones): weight noise;
+  - ``forward(key, **values)`` -> keyword arguments of the model's training forward
+    pass (``model.apply``), e.g. ``dict(dropout=rate, rngs={"dropout": key})``; the
+    evaluation never gets them;
   - ``after_update(params, **values)`` -> the parameters after each update.
+
+  ``key`` is the run's own key for this update and method, a function of the run's
+  seed, the step and the method's name (``grokjax.train.method_key``): a run draws
+  the same noise alone or batched. With ``uses_key`` the ``gradient`` and
+  ``direction`` hooks get it too, as ``key=`` (None when the optimizer is built
+  for its initial state).
 
   ``active(values)`` says from a run's values (a dict by field) whether the run uses
   the method: a program includes the method when one of its runs does, and the
@@ -109,22 +123,36 @@ class Method:
   separate: bool = False
   uses_step: bool = False
   help: str = ""
+  direction: Callable | None = None
+  perturb: Callable | None = None
+  forward: Callable | None = None
+  uses_key: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
   """``make(filters, **values)`` -> the GradientTransformation of one run: the
-  methods' gradient filters (applied first) inside the optimizer's own chain."""
+  methods' gradient filters (applied first) inside the optimizer's own chain. When a
+  method of the program has a ``direction`` hook, ``make`` also gets
+  ``directions=``: transformations of the step direction, applied after the
+  optimizer's preconditioning and before its learning rate. ``label``: its name in
+  figure titles, a string or a function of the config's ``optim`` section."""
 
   name: str
   keys: tuple[Key, ...]
   make: Callable
   help: str = ""
+  label: str | Callable[[dict], str] = ""
+
+  def title(self, optim: dict) -> str:
+    """The optimizer in words for a config's ``optim`` section (figure titles)."""
+    return (self.label(optim) if callable(self.label) else self.label) or self.name
 
 
 @dataclasses.dataclass(frozen=True)
 class Loss:
-  """``fn(logits_BxC, labels_B)`` -> the per-example loss of the answer token."""
+  """``fn(logits_BxC, labels_B, **values)`` -> the per-example loss of the answer
+  token, with the run's values of ``keys`` by field (per-run ones traced)."""
 
   name: str
   fn: Callable
@@ -147,14 +175,28 @@ class Model:
 
 @dataclasses.dataclass(frozen=True)
 class Measure:
-  """A progress measure: ``fn(ctx) -> scalar`` of one run at one checkpoint, where
-  ``ctx`` (``grokjax.fourier.Context``) holds the parameters, the model, the logits
-  on the operation's full grid and their Fourier split (see grokjax.interp)."""
+  """A progress measure: ``fn(ctx, **values) -> scalar`` of one run at one
+  checkpoint, where ``ctx`` (``grokjax.fourier.Context``) holds the parameters, the
+  model's forward pass on the operation's full grid (``ctx.apply``), the logits there
+  and their Fourier split (see grokjax.interp), and ``values`` the run's values of
+  ``keys`` as keyword arguments named by each key's ``field`` (from its runs.json
+  entry; a key missing there, in a sweep trained before it was declared, has its
+  default). A measure's keys are static: runs whose values differ are measured by
+  separate compiled functions. ``active(values)`` says whether a run gets the
+  measure (default: every run; an expensive one can be switched on by a key).
+  interp.json (``<name>_at``, its correlation with val accuracy) and the figure's
+  panels iterate over the registered measures, so one declared in a user's file
+  shows up there like the built-in ones; ``help`` labels its panel."""
 
   name: str
   fn: Callable
   help: str = ""
   keys: tuple[Key, ...] = ()
+  active: Callable[[dict], bool] = lambda values: True
+
+  def values(self, run: dict) -> dict:
+    """The run's values of this measure's keys, by field (defaults where absent)."""
+    return {k.field: run.get(k.field, k.default) for k in self.keys}
 
 
 METHODS: dict[str, Method] = {}
@@ -185,6 +227,8 @@ def register(entry, replace: bool = False):
   others = {k.path: k for e in entries() if e is not table.get(entry.name) for k in e.keys}
   fields = {k.field: k.path for k in others.values()}
   for key in entry.keys:
+    if key.per_run and isinstance(entry, Measure):
+      raise ValueError(f"measure key {key.path} is per-run; a measure's keys are static")
     if key.per_run and key.type not in (bool, int, float):
       raise ValueError(f"per-run key {key.path} holds a {key.type.__name__}; numbers only")
     old = others.get(key.path)

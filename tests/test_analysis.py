@@ -126,11 +126,12 @@ def test_summarize_steps_delay_final(run_dir):
   assert [s["train_step"] for s in summary] == [20] * 6
   assert [s["val_step"] for s in summary] == [None, None, 500, None, 100, 200]
   assert [s["delay"] for s in summary] == [None, None, 480, None, 80, 180]
-  # stable: the median of the last 10% of evaluations (steps 500 and 1000)
-  assert [s["final_val_acc"] for s in summary] == [0.375, 0.375, 1.0, 0.375, 1.0, 1.0]
+  # stable: the median over the last 10% of the steps (900..1000: the last evaluation)
+  assert [s["final_val_acc"] for s in summary] == [0.5, 0.5, 1.0, 0.5, 1.0, 1.0]
   assert [s["last_val_acc"] for s in summary] == [0.5, 0.5, 1.0, 0.5, 1.0, 1.0]
   assert [s["spikes"] for s in summary] == [0] * 6
   assert [s["spike_frac"] for s in summary] == [None, None, 0.0, None, 0.0, 0.0]
+  assert not any(s["relapsed"] for s in summary)
   assert not any(s["diverged"] for s in summary)
   # at Liu et al.'s 90% and a delay of 10% of the 1,000 steps
   phases = ["memorization"] * 2 + ["grokking", "memorization", "comprehension", "grokking"]
@@ -203,7 +204,7 @@ def test_group_summary_medians_over_seeds(run_dir):
     (100, 200, 2),
   ]
   assert groups[2]["delay"]["median"] == 130
-  assert groups[0]["final_val_acc"]["median"] == 0.375
+  assert groups[0]["final_val_acc"]["median"] == 0.5
   assert [(g["phase"], g["phase_agree"]) for g in groups] == [
     ("memorization", 1.0),
     ("grokking", 0.5),  # a tie: the phase earlier in PHASES
@@ -226,7 +227,9 @@ def test_table_lists_runs_then_settings(run_dir):
     "delay",
     "train_acc",
     "val_acc",
+    "last_val",
     "spikes",
+    "relapsed",
     "phase",
   ]
   assert lines[3].split() == [
@@ -238,10 +241,12 @@ def test_table_lists_runs_then_settings(run_dir):
     "480",
     "1.000",
     "1.000",
+    "1.000",
     "0",
+    "no",
     "grokking",
   ]
-  assert lines[1].split()[-3:] == ["0.375", "0", "memorization"]
+  assert lines[1].split()[-5:] == ["0.500", "0.500", "0", "no", "memorization"]
   assert "median (min-max) over seeds" in text
   assert lines[-1].split() == [
     "0.7",
@@ -256,8 +261,11 @@ def test_table_lists_runs_then_settings(run_dir):
     "(1.000-1.000)",
     "1.000",
     "(1.000-1.000)",
+    "1.000",
+    "(1.000-1.000)",
     "0",
     "(0-0)",
+    "0/2",
     "comprehension",
     "(50%)",
   ]
@@ -319,7 +327,7 @@ def step_curve(at, low=0.1):
 )
 def test_phase_of_each_kind(train_at, val_at, expected):
   s = _summary(step_curve(train_at), step_curve(val_at))
-  assert s["phase"] == expected
+  assert s["phase"] == expected and not s["relapsed"]  # at the last evaluation: not relapsed
   assert (s["phase_train_step"], s["phase_val_step"], s["phase_budget"]) == (
     None if train_at is None else GRID[train_at],
     None if val_at is None else GRID[val_at],
@@ -353,7 +361,8 @@ def test_diverged_run_is_its_own_phase():
   val = [0.1] * 5 + [1.0] * 5 + [float("nan")] * 11  # grokked, then diverged
   s = _summary(step_curve(1)[:10] + [float("nan")] * 11, val, loss)
   assert s["phase"] == "diverged" and s["diverged"]
-  assert s["val_step"] == 250 and s["spikes"] == 0 and s["spike_frac"] == pytest.approx(11 / 15)
+  assert s["val_step"] == 250 and s["spike_frac"] == pytest.approx(11 / 15)
+  assert s["spikes"] == 1 and s["relapsed"]  # it fell for good: one drop, never recovered
   assert math.isnan(s["last_val_acc"]) and math.isnan(s["final_val_acc"])
 
 
@@ -363,11 +372,60 @@ def test_spiky_run_is_grokked_with_its_spikes_counted():
   assert s["phase"] == "grokking" and s["val_step"] == 200  # the first time it got there
   assert s["spikes"] == 3  # 0.3, (0.98, 0.97) and 0.5: each recovered
   assert s["spike_frac"] == pytest.approx(4 / 16)
-  assert s["final_val_acc"] == 1.0 and s["last_val_acc"] == 1.0
-  # ends in a drop: counted as below, not as a spike (it has not recovered)
+  assert s["final_val_acc"] == 1.0 and s["last_val_acc"] == 1.0 and not s["relapsed"]
+  # ends in a drop: a spike too, though it has not recovered
   s = _summary(step_curve(1), val[:-7] + [1.0] * 6 + [0.2])
-  assert s["spikes"] == 3 and s["spike_frac"] == pytest.approx(5 / 16)
-  assert s["last_val_acc"] == 0.2 and s["final_val_acc"] == 1.0  # median of the last 3
+  assert s["spikes"] == 4 and s["spike_frac"] == pytest.approx(5 / 16)
+  assert s["last_val_acc"] == 0.2 and s["final_val_acc"] == 1.0  # median of steps 900..1000
+  assert not s["relapsed"] and s["phase"] == "grokking"
+
+
+# The quick demo's log schedule (configs/quick.py: 3,000 steps, 100 log-spaced points).
+DEMO_STEPS = np.asarray(sorted({0, 3000, *np.geomspace(1, 3000, 100).round().astype(int)}))
+
+
+def _demo_summary(val_tail):
+  """A demo run that fits its training set at step 57 and whose val accuracy is 0.1
+  until step 2,002, then ``val_tail`` at 2002, 2171, 2354, 2552, 2767, 3000."""
+  val = np.full(len(DEMO_STEPS), 0.1)
+  val[-len(val_tail) :] = val_tail
+  train = np.where(DEMO_STEPS >= 57, 1.0, 0.1)
+  metrics = dict(
+    step=DEMO_STEPS,
+    train_acc=train[:, None],
+    val_acc=val[:, None],
+    train_loss=(1 - train)[:, None],
+  )
+  return analysis.summarize_arrays(metrics, [dict(index=0)], 0.99)[0]
+
+
+def test_a_run_that_collapsed_after_grokking_is_reported_as_relapsed():
+  # issue 20: the demo's seed 2 reached 0.995 at step 2,002, then 1.0, 1.0, 1.0, 0.951,
+  # and ended at 0.820; the table said 0 spikes, stable 0.974, phase grokking
+  assert DEMO_STEPS[-6:].tolist() == [2002, 2171, 2354, 2552, 2767, 3000]
+  s = _demo_summary([0.995, 1.0, 1.0, 1.0, 0.951, 0.820])
+  assert s["val_step"] == 2002 and s["train_step"] == 57
+  assert s["spikes"] >= 1 and s["spike_frac"] == pytest.approx(2 / 5)
+  # the last 10% of the steps (2,700..3,000) hold two evaluations, not half the run
+  assert s["final_val_acc"] == pytest.approx((0.951 + 0.820) / 2) and s["last_val_acc"] == 0.82
+  assert s["relapsed"] and s["phase"] == "grokking (relapsed)"
+  assert analysis.base_phase(s["phase"]) == "grokking"
+  text = analysis.table([s], [dict(index=0, seed=2)], ["seed"])
+  row = text.splitlines()[1].split()
+  assert row[-8:] == ["1.000", "0.885", "0.820", "1", "(40%)", "yes", "grokking", "(relapsed)"]
+  # a drop that recovered: a spike, not a relapse
+  s = _demo_summary([0.995, 1.0, 0.5, 1.0, 1.0, 1.0])
+  assert s["spikes"] == 1 and not s["relapsed"] and s["phase"] == "grokking"
+  # ended below 99% (stable 0.976) but above the phase rule's 90%: relapsed at 99% only
+  s = _demo_summary([0.995, 1.0, 1.0, 1.0, 0.951, 1.0])
+  assert s["spikes"] == 1 and s["relapsed"] and s["phase"] == "grokking"
+
+
+def test_relapsed_seeds_keep_their_phase_in_the_majority():
+  assert analysis.majority(["grokking (relapsed)", "grokking", "comprehension"]) == (
+    "grokking",
+    pytest.approx(2 / 3),
+  )
 
 
 LRS, WDS = [1e-4, 1e-3, 1e-2], [0.01, 0.1, 1.0]
@@ -423,6 +481,17 @@ def test_phase_grid_over_two_axes(tmp_path):
   assert g["agree"][2].tolist() == [1.0, 0.5, 1.0]  # seed 1 at lr 1e-3 grokked instead
   assert g["val_step"][1].tolist()[1:] == [700, 700] and np.isnan(g["val_step"][0]).all()
   assert g["delay"][2].tolist()[1:] == [(50 + 600) / 2, 50]
+  assert not g["relapsed"].any()
+  # a seed that relapsed keeps its cell's phase and is counted
+  summary = analysis.summary(rd)
+  k = next(
+    i for i, r in enumerate(rd.runs) if (r["lr"], r["weight_decay"], r["seed"]) == (1e-2, 0.1, 0)
+  )
+  assert summary[k]["phase"] == "grokking"
+  summary[k]["phase"] += analysis.RELAPSED
+  relapsed = analysis.phase_grid(summary, rd.runs, "lr", "weight_decay")
+  assert (relapsed["phase"] == g["phase"]).all() and relapsed["agree"][1, 2] == 1.0
+  assert relapsed["relapsed"].tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 0]]
   # not a grid: one axis, or three
   assert analysis.grid_axes([{**r, "weight_decay": 1.0} for r in rd.runs]) is None
   assert analysis.grid_axes([{**r, "b1": 0.9 + r["index"]} for r in rd.runs]) is None

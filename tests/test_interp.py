@@ -121,11 +121,76 @@ def test_ops_without_the_fourier_view_are_refused(op):
     fourier.check_op(op)
 
 
+def _tiny_model(p=5, width=16):
+  from grokjax import data
+  from grokjax.model import Transformer
+
+  table = data.make_table("add", p)
+  model = Transformer(table.vocab_size, p, num_layers=1, width=width, num_heads=2)
+  grid = fourier.make_grid(
+    np.asarray(table.inputs), np.asarray(table.labels), np.ones(p * p, bool), p, 1
+  )
+  params = model.init(jax.random.key(0), grid.inputs[:1])["params"]
+  return model, grid, params
+
+
+def test_sharpness_against_a_direct_computation():
+  """Keskar's phi of the tiny model's training loss: the measure (a jitted ascent in
+  float64) against numpy, which draws the same subspace from the same key and takes
+  the largest loss over the box's 2^dim corners (the box is small, so the loss is
+  nearly linear in it and its maximum sits at a corner)."""
+  from jax.flatten_util import ravel_pytree
+
+  p, dim, eps, seed = 5, 4, 1e-2, 3
+  model, grid, params = _tiny_model(p)
+  train_w = (np.arange(p * p) % 3 != 0).astype(np.float64)
+  args = (params, grid.inputs, grid.labels, train_w, grid.phase, np.zeros(p // 2 + 1, bool))
+  values = dict(sharpness=True, sharpness_dim=dim, sharpness_epsilon=eps, sharpness_seed=seed)
+  with jax.enable_x64(True):
+    phi = lambda values: float(
+      jax.jit(fourier.make_measure_fn(model, p, {"sharpness": values}))(*args)["sharpness"]
+    )
+    got = phi(values)
+    again = phi(values)
+    other = phi(dict(values, sharpness_seed=seed + 1))
+    # numpy: the same A+ from the same key, then every corner of the box
+    x0, unravel = ravel_pytree(fourier.to_float64(params))
+    x0 = np.asarray(x0)
+    a_plus = np.asarray(
+      jax.random.uniform(jax.random.key(seed), (dim, len(x0)), jnp.float64, -1, 1)
+    )
+
+    def loss(x):
+      logits = np.asarray(model.apply({"params": unravel(jnp.asarray(x))}, grid.inputs), np.float64)
+      logits = logits[:, :p] - logits[:, :p].max(1, keepdims=True)
+      logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+      return -(logp[np.arange(p * p), grid.labels] * train_w).sum() / train_w.sum()
+
+  a_plus = a_plus / np.linalg.norm(a_plus, axis=1, keepdims=True)
+  a = np.linalg.pinv(a_plus)
+  bound = eps * (np.abs(a_plus @ x0) + 1)
+  corners = np.array(np.meshgrid(*[[-1, 1]] * dim)).reshape(dim, -1).T * bound
+  with jax.enable_x64(True):
+    f0 = loss(x0)
+    top = max(loss(x0 + a @ y) for y in corners)
+  want = 100 * (top - f0) / (1 + f0)
+  assert want > 0 and got == pytest.approx(want, rel=1e-3), (got, want)
+  assert again == got  # a function of its key: the same number every time
+  assert other != pytest.approx(got, rel=1e-3)  # another key, another subspace
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   from grokjax import sweep
 
-  cfg = tiny_config(**{"sweep.train_fracs": (0.8,), "checkpoint_every": 10, "checkpoint_keep": 10})
+  cfg = tiny_config(
+    **{
+      "sweep.train_fracs": (0.8,),
+      "checkpoint_every": 10,
+      "checkpoint_keep": 10,
+      "measure.sharpness": True,
+    }
+  )
   workdir = tmp_path_factory.mktemp("interp") / "run"
   sweep.run_sweep(cfg, workdir, progress=False)
   return workdir
@@ -147,6 +212,17 @@ def test_write_figures(trained):
   # the per-class mean logits, a constant guess: its loss is at least log p, and near it
   r0 = m.values["restricted_loss"][0]
   assert (r0 > np.log(7) - 0.01).all() and (r0 < np.log(7) + 0.3).all(), r0
+  # the sharpness (measure.sharpness=True): at every checkpoint, with its correlation
+  assert sorted(map(int, summ[0]["sharpness_at"])) == [0, 10, 20, 30, 40]
+  assert np.isfinite(m.values["sharpness"]).all() and (m.values["sharpness"] >= 0).all()
+  for s in summ:
+    corr = s["val_acc_correlation"]["sharpness"]["spearman"]
+    assert corr is None or -1 <= corr <= 1
+    assert (
+      list(s["val_acc_at"].values())[-1] == rundir.load(trained).metrics["val_acc"][-1, s["run"]]
+    )
+  fig = plots.interp_measures(rundir.load(trained), m, 0, summ[0])
+  assert len(fig.axes) == 5 and fig.axes[4].get_ylabel() == "sharpness"
 
 
 def _script(*args):

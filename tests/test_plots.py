@@ -228,3 +228,83 @@ def test_phase_axes_log_where_log_spaced(values, log):
   assert all(
     lo < v < hi for lo, v, hi in zip(edges, values, edges[1:])
   )  # each value inside its cell
+
+
+@pytest.mark.slow
+def test_embeddings_figure_of_a_tiny_run(tmp_path):
+  """Power et al. Fig. 3 on a tiny sweep of x + y mod 7 and S5: report.embeddings draws
+  figures/embeddings.png, one t-SNE panel per operation, a point per answer class."""
+  from conftest import tiny_config
+
+  from grokjax import analysis, report, sweep
+
+  cfg = tiny_config(**{"steps": 20, "checkpoint_every": 20, "report.embeddings": True})
+  cfg.sweep.ops, cfg.sweep.seeds, cfg.sweep.train_fracs = ("add", "s5"), (0,), (0.5,)
+  workdir = sweep.run_sweep(cfg, tmp_path / "run", progress=False)
+  _, paths = report.report(workdir)
+  assert workdir / "figures" / "embeddings.png" in paths
+  assert (workdir / "figures" / "embeddings.png").read_bytes().startswith(PNG)
+  fig = plots.embeddings(rundir.load(workdir))
+  add, s5 = (ax for ax in fig.axes if ax.get_title())
+  assert "x + y (mod 7)" in add.get_title() and "S5" in s5.get_title()
+  (points,) = add.collections
+  assert points.get_offsets().shape == (7, 2) and len(add.texts) == 7  # numbered classes
+  assert np.allclose(points.get_array(), np.arange(7))  # coloured by class, cyclic map
+  (points,) = s5.collections
+  assert points.get_offsets().shape == (120, 2)
+  legend = [t.get_text() for t in s5.get_legend().get_texts()]
+  assert s5.get_legend().get_title().get_text() == "cycle type" and len(legend) == 7
+  assert "5 (even)" in legend and "2+1+1+1 (odd)" in legend
+  # its colours are the cycle types: the 24 five-cycles share one
+  types = analysis.cycle_types(5)
+  colors = points.get_facecolors()
+  five = [k for k, t in enumerate(types) if t == (5,)]
+  assert len(five) == 24 and (colors[five] == colors[five[0]]).all()
+  assert not (colors[types.index((1, 1, 1, 1, 1))] == colors[five[0]]).all()
+
+
+def test_embeddings_without_scikit_learn_is_a_one_line_error(monkeypatch, tmp_path):
+  import importlib
+
+  from conftest import tiny_config
+
+  from grokjax import analysis
+  from grokjax import config as config_lib
+
+  real = importlib.import_module
+
+  def no_sklearn(name, *args):
+    if name.startswith("sklearn"):
+      raise ImportError(f"No module named {name!r}")
+    return real(name, *args)
+
+  monkeypatch.setattr(analysis.importlib, "import_module", no_sklearn)
+  message = "report.embeddings needs scikit-learn for its t-SNE; pip install -e '.[analysis]'"
+  with pytest.raises(UserError) as e:
+    analysis.tsne(np.eye(5))
+  assert str(e.value) == message
+  # a sweep that asks for the figure stops before it trains
+  with pytest.raises(UserError, match=r"pip install -e '\.\[analysis\]'"):
+    config_lib.validate(tiny_config(**{"report.embeddings": True}))
+  config_lib.validate(tiny_config())  # off: no scikit-learn needed
+  # and the report of a sweep that asks for it (a synthetic one: no training)
+  run_dir = make_run_dir(tmp_path / "sweep")
+  with pytest.raises(UserError, match="scikit-learn"):
+    plots.embeddings(rundir.load(run_dir))
+
+
+def test_cycle_types_of_s5():
+  from grokjax import analysis
+
+  types = analysis.cycle_types(5)
+  counts = {t: types.count(t) for t in set(types)}
+  assert counts == {
+    (1, 1, 1, 1, 1): 1,
+    (2, 1, 1, 1): 10,
+    (2, 2, 1): 15,
+    (3, 1, 1): 20,
+    (3, 2): 20,
+    (4, 1): 30,
+    (5,): 24,
+  }
+  assert analysis.cycle_type((1, 2, 0, 4, 3)) == (3, 2)
