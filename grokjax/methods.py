@@ -28,6 +28,7 @@ from grokjax import losses, optim
 from grokjax.registry import Key, Loss, Method, Optimizer, register
 
 positive, non_negative = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
+same_or_non_negative = (lambda v: v == -1 or v >= 0, "-1 (the same as the rest) or >= 0")
 
 
 def adamw(
@@ -43,13 +44,26 @@ def adamw(
   decay_steps,
   decoupled,
   decay_to_init,
+  embed_lr=-1.0,
+  embed_weight_decay=-1.0,
+  directions=(),
 ):
   """The filters, then Adam scaling and decoupled weight decay (AdamW) or, not
   ``decoupled``, an L2 term and then Adam scaling; times -lr, the warmup and, with
-  ``schedule="cosine"``, a cosine to ``lr_floor`` x lr over ``decay_steps``."""
-  decay = optim.decayed_weights(weight_decay, decay_to_init)
+  ``schedule="cosine"``, a cosine to ``lr_floor`` x lr over ``decay_steps``.
+  ``directions`` (the methods' ``direction`` hooks) follow the Adam scaling.
+
+  ``embed_lr`` and ``embed_weight_decay`` (>= 0; negative: the same as the rest) are
+  the token embeddings' own lr and weight decay (Liu et al. 2022; ``optim.per_module``):
+  the embedding's update is -embed_lr x (Adam + embed_weight_decay x w), the warmup and
+  schedule as the rest's. At their defaults every number is today's, bit for bit, and
+  the optimizer's state is the same tree either way."""
+  decay = optim.decayed_weights(weight_decay, decay_to_init, embed_weight_decay)
   adam = optax.scale_by_adam(b1, b2, eps)
-  parts = [*filters, *([adam, decay] if decoupled else [decay, adam]), optax.scale(-lr)]
+  if directions:
+    adam = optax.chain(adam, *directions)
+  descent = optim.descent(lr, embed_lr)
+  parts = [*filters, *([adam, decay] if decoupled else [decay, adam]), descent]
   scale = optim.warmup(warmup_steps)
   if schedule == "cosine":
     anneal = optim.cosine_after(warmup_steps, decay_steps, lr_floor)
@@ -95,9 +109,25 @@ register(
       ),
       Key("optim.decoupled", True, "AdamW; False: Adam with L2 (torch.optim.Adam)"),
       Key("method.decay_to_init", False, "decay towards the initial weights, not zero"),
+      Key(
+        "optim.embed_lr",
+        -1.0,
+        "the token embeddings' own learning rate (Liu et al. 2022; transformer, openai_grok, "
+        "nanda: the Embed module); -1: optim.lr",
+        *same_or_non_negative,
+        per_run=True,
+      ),
+      Key(
+        "optim.embed_weight_decay",
+        -1.0,
+        "the token embeddings' own weight decay (Liu et al. 2022); -1: optim.weight_decay",
+        *same_or_non_negative,
+        per_run=True,
+      ),
     ),
     adamw,
     "AdamW (Loshchilov & Hutter), the paper's optimizer, with linear warmup",
+    label=lambda optim: "AdamW" if optim.get("decoupled", True) else "Adam + L2",
   )
 )
 
@@ -172,5 +202,87 @@ register(
   )
 )
 
-register(Loss("softmax", optax.softmax_cross_entropy_with_integer_labels, "cross-entropy"))
-register(Loss("stablemax", losses.stablemax_cross_entropy, "StableMax (Prieto et al. 2025)"))
+# Power et al.'s Fig. 2 interventions, as openai/grok implements them (its --dropout,
+# --weight_noise, --noise_factor). Each draws from the run's own key of the step
+# (train.method_key), so a run's noise is its own alone or batched. Each is
+# ``separate``: its runs train in a program of their own (their rates or scales vmapped
+# together), because a run at 0 in a program that holds the method, though its values
+# are unchanged, gets last bits moved by how XLA fuses the step (measured: 1e-7 after
+# 40 steps for dropout and weight noise), and its numbers must not depend on its
+# neighbours (tests/test_invariance.py).
+register(
+  Method(
+    "dropout",
+    (
+      Key(
+        "model.dropout",
+        0.0,
+        "dropout rate on each block's feed-forward output, in training (openai/grok's --dropout; "
+        "transformer and openai_grok)",
+        lambda v: 0 <= v < 1,
+        "in [0, 1)",
+        per_run=True,
+      ),
+    ),
+    forward=lambda key, dropout: dict(dropout=dropout, rngs={"dropout": key}),
+    active=lambda v: v["dropout"] > 0,
+    separate=True,
+    help="dropout in the feed-forward blocks during training (openai/grok's placement)",
+  )
+)
+
+register(
+  Method(
+    "weight_noise",
+    (
+      Key(
+        "method.weight_noise",
+        0.0,
+        "std of Gaussian noise added to every weight for each gradient, the gradient taken at the "
+        "noisy weights (openai/grok's --weight_noise)",
+        *non_negative,
+        per_run=True,
+      ),
+    ),
+    perturb=lambda params, key, weight_noise: optim.add_gaussian(params, key, weight_noise),
+    active=lambda v: v["weight_noise"] > 0,
+    separate=True,
+    help="weight noise in the forward pass (openai/grok's --weight_noise)",
+  )
+)
+
+register(
+  Method(
+    "update_noise",
+    (
+      Key(
+        "method.update_noise",
+        0.0,
+        "std of Gaussian noise added to Adam's step direction, before the lr (openai/grok's "
+        "--noise_factor)",
+        *non_negative,
+        per_run=True,
+      ),
+      Key("optim.b1", 0.9, "Adam beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ),
+    direction=lambda update_noise, b1, key, step: optim.update_noise(update_noise, key, step, b1),
+    active=lambda v: v["update_noise"] > 0,
+    separate=True,
+    uses_step=True,
+    uses_key=True,
+    help="noise on the update, after the gradient (openai/grok's --noise_factor)",
+  )
+)
+
+FLOAT64 = Key(
+  "loss.float64",
+  False,
+  "compute the loss and its gradient w.r.t. the logits in float64, the model in float32 "
+  "(Prieto et al.'s StableMax, Nanda et al.'s cross-entropy)",
+)
+register(Loss("softmax", losses.softmax_cross_entropy, "cross-entropy", keys=(FLOAT64,)))
+register(
+  Loss(
+    "stablemax", losses.stablemax_cross_entropy, "StableMax (Prieto et al. 2025)", keys=(FLOAT64,)
+  )
+)

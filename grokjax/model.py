@@ -1,6 +1,7 @@
 """The models: the paper's decoder-only causal transformer (pre-LN), the paper code's
-own transformer (``openai_grok``: post-LN, no biases, sinusoidal positions), and a
-one-hot MLP, in Flax.
+own transformer (``openai_grok``: post-LN, no biases, sinusoidal positions), Nanda et
+al.'s one-layer transformer (``nanda``: no LayerNorm, ``x y =``) and a one-hot MLP
+(with or without biases, with or without the op token), in Flax.
 
 Each reads the four tokens ``x op y =`` and predicts the answer from the last
 position; ``init``/``apply`` are pure, so the parameters of many runs stack on a
@@ -42,8 +43,16 @@ def torch_linear(fan_in: int) -> dict:
 
 def dense_init(init: str, fan_in: int) -> dict:
   """Dense/DenseGeneral initializers for ``model.init``: Flax's own (nothing passed,
-  so the numbers stay those of the defaults) or PyTorch's for ``fan_in`` inputs."""
+  so the numbers stay those of the defaults) or PyTorch's for ``fan_in`` inputs; and
+  ``"normal"`` (the nanda model's): kernels N(0, 1 / fan_in), Flax's zero biases."""
+  if init == "normal":
+    return dict(kernel_init=normal(fan_in))
   return {} if init == "flax" else torch_linear(fan_in)
+
+
+def normal(fan_in: int):
+  """N(0, 1 / fan_in), untruncated: ``torch.randn(...) / np.sqrt(fan_in)``."""
+  return nn.initializers.normal(1 / math.sqrt(fan_in))
 
 
 def embed_init(init: str) -> dict:
@@ -81,6 +90,18 @@ class Attention(nn.Module):
     return nn.DenseGeneral(width, axis=(-2, -1), use_bias=self.bias, name="out", **out_init)(out)
 
 
+def dropout(module: nn.Module, x, rate):
+  """torch.nn.Dropout(rate) in training: each entry zeroed with probability ``rate``,
+  the others scaled by 1 / (1 - rate), the mask from ``module``'s "dropout" rng.
+  ``rate`` may be traced (one per run; 0 returns ``x`` unchanged, bit for bit);
+  None (the evaluation, and programs without dropout): ``x`` itself, no rng drawn."""
+  if rate is None:
+    return x
+  keep = 1 - jnp.asarray(rate, jnp.float32)
+  mask = jax.random.bernoulli(module.make_rng("dropout"), keep, x.shape)
+  return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
 class Block(nn.Module):
   """Pre-LN block: causal self-attention and a 4x-wide GELU MLP.
 
@@ -95,7 +116,7 @@ class Block(nn.Module):
   weight_init: str = "flax"  # model.init ("init" would hide Module.init)
 
   @nn.compact
-  def __call__(self, h_BxTxD):
+  def __call__(self, h_BxTxD, dropout_rate=None):
     a = nn.LayerNorm()(h_BxTxD)
     if self.last_only:
       h_BxTxD, q, mask = h_BxTxD[:, -1:], a[:, -1:], None
@@ -105,9 +126,8 @@ class Block(nn.Module):
     m = nn.Dense(4 * self.width, **dense_init(self.weight_init, self.width))(
       nn.LayerNorm()(h_BxTxD)
     )
-    return h_BxTxD + nn.Dense(self.width, **dense_init(self.weight_init, 4 * self.width))(
-      nn.gelu(m)
-    )
+    m = nn.Dense(self.width, **dense_init(self.weight_init, 4 * self.width))(nn.gelu(m))
+    return h_BxTxD + dropout(self, m, dropout_rate)  # openai/grok's ffn_drop
 
 
 class Transformer(nn.Module):
@@ -126,12 +146,13 @@ class Transformer(nn.Module):
   weight_init: str = "flax"  # model.init ("init" would hide Module.init)
 
   @nn.compact
-  def __call__(self, tokens_BxT):
+  def __call__(self, tokens_BxT, dropout=None):
+    """``dropout``: the rate of ``Block``'s feed-forward dropout (training only)."""
     t = tokens_BxT.shape[-1]
     h = nn.Embed(self.vocab_size, self.width, **embed_init(self.weight_init))(tokens_BxT)
     h = h + self.param("pos_embed", nn.initializers.normal(0.02), (SEQ_LEN, self.width))[:t]
     for i in range(self.num_layers):
-      h = Block(self.width, self.num_heads, i == self.num_layers - 1, self.weight_init)(h)
+      h = Block(self.width, self.num_heads, i == self.num_layers - 1, self.weight_init)(h, dropout)
     h = nn.LayerNorm()(h[:, -1])
     unembed = dense_init(self.weight_init, self.width)
     return nn.Dense(self.num_classes, name="unembed", **unembed)(h)  # logits_BxC
@@ -163,7 +184,7 @@ class GrokBlock(nn.Module):
   last_only: bool = False
 
   @nn.compact
-  def __call__(self, x_BxTxD):
+  def __call__(self, x_BxTxD, dropout_rate=None):
     if self.last_only:
       q, mask = x_BxTxD[:, -1:], None
     else:
@@ -173,7 +194,7 @@ class GrokBlock(nn.Module):
     d_ff = 4 * self.width
     m = nn.Dense(d_ff, use_bias=False, name="ffn_in", **torch_linear(self.width))(a1)
     m = nn.Dense(self.width, use_bias=False, name="ffn_out", **torch_linear(d_ff))(nn.relu(m))
-    return _torch_layer_norm("ffn_norm")(a1 + m)
+    return _torch_layer_norm("ffn_norm")(a1 + dropout(self, m, dropout_rate))  # its ffn_drop
 
 
 class OpenAIGrok(nn.Module):
@@ -195,35 +216,102 @@ class OpenAIGrok(nn.Module):
   num_heads: int = 4
 
   @nn.compact
-  def __call__(self, tokens_BxT):
+  def __call__(self, tokens_BxT, dropout=None):
+    """``dropout``: the rate of ``GrokBlock``'s feed-forward dropout (training only)."""
     eos_Bx1 = jnp.full((tokens_BxT.shape[0], 1), self.vocab_size, tokens_BxT.dtype)
     tokens = jnp.concatenate([eos_Bx1, tokens_BxT], axis=1)
     embed = nn.Embed(self.vocab_size + 1, self.width, embedding_init=nn.initializers.normal(1.0))
     h = embed(tokens) + sinusoidal_positions(tokens.shape[1], self.width)
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
-      h = GrokBlock(self.width, self.num_heads, last, name=f"Block_{i}")(h)  # as transformer's
+      block = GrokBlock(self.width, self.num_heads, last, name=f"Block_{i}")  # as transformer's
+      h = block(h, dropout)
     unembed = nn.Dense(self.num_classes, use_bias=False, name="unembed", **torch_linear(self.width))
     return unembed(h[:, -1])  # logits_BxC
 
 
 class MLP(nn.Module):
-  """The one-hot MLP of the grokking literature: one-hot x, op and y concatenated,
-  ``num_layers`` ReLU hidden layers of ``width``, answer logits."""
+  """The one-hot MLP of the grokking literature: one-hot inputs concatenated,
+  ``num_layers`` ReLU hidden layers of ``width``, answer logits.
+
+  ``one_hot`` (model.one_hot): ``"x_op_y"``, x, op and y each one-hot over the whole
+  vocabulary (3 x vocab_size inputs), or ``"x_y"``, x and y each one-hot over the
+  elements (2 x num_classes inputs, no op token: Prieto et al.'s
+  ``AlgorithmicDataset``, ``cat(one_hot(x, p), one_hot(y, p))``). ``bias``
+  (model.bias): False drops every bias (Prieto et al.'s ``MLP(..., bias=False)``).
+  """
 
   vocab_size: int
   num_classes: int
   num_layers: int = 2
   width: int = 200
   weight_init: str = "flax"  # model.init ("init" would hide Module.init)
+  bias: bool = True
+  one_hot: str = "x_op_y"
 
   @nn.compact
   def __call__(self, tokens_BxT):
-    h = jax.nn.one_hot(tokens_BxT[:, :3], self.vocab_size).reshape(tokens_BxT.shape[0], -1)
+    b = tokens_BxT.shape[0]
+    if self.one_hot == "x_y":
+      h = jax.nn.one_hot(tokens_BxT[:, np.array([0, 2])], self.num_classes).reshape(b, -1)
+    else:
+      h = jax.nn.one_hot(tokens_BxT[:, :3], self.vocab_size).reshape(b, -1)
     for _ in range(self.num_layers):
-      h = nn.relu(nn.Dense(self.width, **dense_init(self.weight_init, h.shape[-1]))(h))
+      layer = nn.Dense(self.width, use_bias=self.bias, **dense_init(self.weight_init, h.shape[-1]))
+      h = nn.relu(layer(h))
     unembed = dense_init(self.weight_init, h.shape[-1])
-    return nn.Dense(self.num_classes, name="unembed", **unembed)(h)
+    return nn.Dense(self.num_classes, use_bias=self.bias, name="unembed", **unembed)(h)
+
+
+class NandaBlock(nn.Module):
+  """Nanda et al.'s ``TransformerBlock`` without LayerNorm (``use_ln=False``), for the
+  last position only (its query attends to every position: the answer's numbers):
+  ``h = x + Attn(x)``, ``h + W_out relu(W_in h + b_in) + b_out``. Attention has no
+  biases; every kernel is N(0, 1/d_model) (their ``randn / sqrt(d_model)``: W_out's
+  too, though its fan-in is d_mlp), the MLP's biases start at 0."""
+
+  width: int
+  num_heads: int
+  d_mlp: int
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    last = x_BxTxD[:, -1:]
+    h = last + Attention(self.num_heads, "normal", bias=False)(last, x_BxTxD)
+    m = nn.Dense(self.d_mlp, kernel_init=normal(self.width))(h)  # W_in, b_in
+    return h + nn.Dense(self.width, kernel_init=normal(self.width))(nn.relu(m))  # W_out, b_out
+
+
+class Nanda(nn.Module):
+  """Nanda et al. (2023)'s one-layer transformer (progress-measures-paper,
+  ``transformers.py``: ``Transformer(config, use_ln=False)``, ``act_type="ReLU"``).
+
+  It reads ``x y =`` (grokjax's ``x op y =`` without the op token; ``=`` becomes token
+  ``num_classes``, their ``p``): a token embedding of num_classes + 1 rows (``d_vocab
+  = p + 1``) N(0, 1/d_model), learned positions N(0, 1/d_model), one block
+  (``NandaBlock``: attention without biases, ReLU MLP of 4 x width with biases, no
+  LayerNorm), no final LayerNorm, and an unembedding without a bias N(0, 1/d_vocab) to
+  d_vocab logits, the last of which (``=``) is never an answer, as in their loss.
+  Parameter names are the transformer's (``Embed_0``, ``pos_embed``,
+  ``Block_0/Attention_0``, ``Block_0/Dense_0`` and ``Dense_1``, ``unembed``), so the
+  progress measures (grokjax.fourier) read it alike.
+  """
+
+  vocab_size: int
+  num_classes: int
+  width: int = 128
+  num_heads: int = 4
+
+  @nn.compact
+  def __call__(self, tokens_BxT):
+    d_vocab = self.num_classes + 1
+    eq_Bx1 = jnp.full((tokens_BxT.shape[0], 1), self.num_classes, tokens_BxT.dtype)
+    tokens_Bx3 = jnp.concatenate([tokens_BxT[:, :1], tokens_BxT[:, 2:3], eq_Bx1], axis=1)
+    h = nn.Embed(d_vocab, self.width, embedding_init=normal(self.width))(tokens_Bx3)
+    h = h + self.param("pos_embed", normal(self.width), (3, self.width))
+    h = NandaBlock(self.width, self.num_heads, 4 * self.width, name="Block_0")(h)
+    unembed = nn.Dense(d_vocab, use_bias=False, name="unembed", kernel_init=normal(d_vocab))
+    return unembed(h[:, -1])  # logits_BxV, V = num_classes + 1
 
 
 positive = (lambda v: v > 0, "> 0")
@@ -252,8 +340,23 @@ def _transformer(vocab_size, num_classes, num_layers, width, num_heads, init="fl
   return Transformer(vocab_size, num_classes, num_layers, width, num_heads, init)
 
 
-def _mlp(vocab_size, num_classes, num_layers, width, init="flax"):
-  return MLP(vocab_size, num_classes, num_layers, width, init)
+BIAS = Key("model.bias", True, "mlp: biases in its layers (Prieto et al.'s MLP has none)")
+ONE_HOT = Key(
+  "model.one_hot",
+  "x_op_y",
+  "mlp: its inputs, one-hot x, op and y over the vocabulary, or x and y over the elements "
+  "(Prieto et al.; no op token)",
+  choices=("x_op_y", "x_y"),
+)
+
+
+def _mlp(vocab_size, num_classes, num_layers, width, init="flax", bias=True, one_hot="x_op_y"):
+  return MLP(vocab_size, num_classes, num_layers, width, init, bias, one_hot)
+
+
+def _nanda(vocab_size, num_classes, width, num_heads):
+  _check_heads(width, num_heads)
+  return Nanda(vocab_size, num_classes, width, num_heads)
 
 
 def _openai_grok(vocab_size, num_classes, num_layers, width, num_heads):
@@ -270,7 +373,9 @@ registry.register(
   )
 )
 registry.register(
-  registry.Model("mlp", (NUM_LAYERS, WIDTH, INIT), _mlp, "one-hot inputs, ReLU hidden layers")
+  registry.Model(
+    "mlp", (NUM_LAYERS, WIDTH, INIT, BIAS, ONE_HOT), _mlp, "one-hot inputs, ReLU hidden layers"
+  )
 )
 registry.register(
   registry.Model(
@@ -279,6 +384,17 @@ registry.register(
     _openai_grok,
     "the paper code's transformer (openai/grok): post-LN, no biases, sinusoidal positions, "
     "PyTorch's init",
+  )
+)
+
+
+registry.register(
+  registry.Model(
+    "nanda",
+    (WIDTH, NUM_HEADS),
+    _nanda,
+    "Nanda et al.'s 1-layer transformer: x y = tokens, ReLU, no LayerNorm, their init "
+    "(model.num_layers and model.init do not apply)",
   )
 )
 

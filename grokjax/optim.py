@@ -35,21 +35,64 @@ class DecayState(NamedTuple):
   init_params: optax.Params | None  # the initial weights, when decaying towards them
 
 
-def decayed_weights(weight_decay, to_init: bool = False) -> optax.GradientTransformation:
+def is_embedding(name: str) -> bool:
+  """Whether a top-level module of a model's parameters is a token embedding: an
+  ``nn.Embed`` (Flax names them ``Embed_0``, ...; the transformer's, openai_grok's and
+  nanda's). Position embeddings (``pos_embed``) and every other module are not."""
+  return name.startswith("Embed")
+
+
+def per_module(value, embed_value):
+  """``params -> `` a tree of per-leaf values: ``value`` on every leaf but the token
+  embeddings' (``is_embedding``), which get ``embed_value`` where it is >= 0 and
+  ``value`` where it is negative (the sentinel "same as the rest"). Both may be traced
+  (one value per run); with the sentinel every leaf holds the same number, bit for bit.
+  Liu et al. (2022) give the embedding ("representation") its own lr and weight decay."""
+  chosen = jnp.where(embed_value >= 0, embed_value, value)
+
+  def pick(path, _):
+    top = getattr(path[0], "key", None) if path else None
+    return chosen if isinstance(top, str) and is_embedding(top) else value
+
+  def leaves(params):
+    return jax.tree_util.tree_map_with_path(pick, params)
+
+  return leaves
+
+
+def decayed_weights(
+  weight_decay, to_init: bool = False, embed_weight_decay=None
+) -> optax.GradientTransformation:
   """Adds weight_decay * (w - w0) to the updates: w0 = 0 (AdamW's decay) or, with
   ``to_init`` (static: the state then holds them), the initial weights (openai/grok's
-  to_init)."""
+  to_init). ``embed_weight_decay`` (may be traced; negative: ``weight_decay``) is the
+  token embeddings' own (``per_module``)."""
 
   def init(params):
     return DecayState(params if to_init else None)
 
   def update(updates, state, params):
+    if embed_weight_decay is None:
+      wd = jax.tree.map(lambda _: weight_decay, params)
+    else:
+      wd = per_module(weight_decay, embed_weight_decay)(params)
     if state.init_params is None:
-      return jax.tree.map(lambda u, p: u + weight_decay * p, updates, params), state
-    decay = lambda u, p, p0: u + weight_decay * (p - p0)
-    return jax.tree.map(decay, updates, params, state.init_params), state
+      return jax.tree.map(lambda u, p, w: u + w * p, updates, params, wd), state
+    decay = lambda u, p, p0, w: u + w * (p - p0)
+    return jax.tree.map(decay, updates, params, state.init_params, wd), state
 
   return optax.GradientTransformation(init, update)
+
+
+def descent(lr, embed_lr) -> optax.GradientTransformation:
+  """The updates times -lr (``optax.scale(-lr)``, the same operations), the token
+  embeddings' times -embed_lr (``per_module``: a negative embed_lr means lr)."""
+
+  def update(updates, state, params):
+    rates = per_module(lr, embed_lr)(params)
+    return jax.tree.map(lambda g, r: -r * g, updates, rates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 class GrokfastEmaState(NamedTuple):
@@ -116,6 +159,42 @@ def grokfast_ma(size: int = 100, lamb=5.0, step=None) -> optax.GradientTransform
     return out, GrokfastMaState(window, total, leaving, state.count + 1)
 
   return optax.GradientTransformation(init, update)
+
+
+def gaussian_like(key, tree):
+  """Standard normal noise shaped like ``tree``: leaf i drawn from fold_in(key, i)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  draw = lambda i, x: jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+  return jax.tree.unflatten(treedef, [draw(i, x) for i, x in enumerate(leaves)])
+
+
+def add_gaussian(tree, key, scale):
+  """``tree`` plus ``scale`` x N(0, 1) noise (``gaussian_like``); ``scale`` may be
+  traced, and at 0 the tree comes back unchanged, bit for bit."""
+  noisy = lambda x, n: jnp.where(scale > 0, x + scale * n, x)
+  return jax.tree.map(noisy, tree, gaussian_like(key, tree))
+
+
+def update_noise(noise_factor, key, step, b1: float = 0.0) -> optax.GradientTransformation:
+  """openai/grok's ``--noise_factor`` (CustomAdamW): Gaussian noise added to Adam's
+  step direction after the gradient, N(0, noise_factor^2) on ``exp_avg / denom``
+  before the step size ``lr / (1 - b1^t)``; on optax's bias-corrected direction
+  m_hat / (sqrt(v_hat) + eps) that is noise_factor / (1 - b1^t) x N(0, 1), t = step + 1
+  (b1 = 0: no correction). The learning rate and its schedule then scale it; the
+  weight decay does not see it.
+
+  Unlike ``optax.add_noise`` (variance eta / (1 + t)^gamma, its own key in its state),
+  the scale is constant after the first steps and the key is given (the run's key of
+  this step, ``grokjax.train.method_key``). ``noise_factor`` may be traced per run; at
+  0 the updates come back unchanged. Place it right after ``optax.scale_by_adam``.
+  """
+
+  def update(updates, state, params=None):
+    del params
+    t = jnp.asarray(step, jnp.float32) + 1
+    return add_gaussian(updates, key, noise_factor / (1 - jnp.float32(b1) ** t)), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def orthogonal_grad(enabled=True) -> optax.GradientTransformation:
