@@ -208,10 +208,13 @@ def test_write_figures(trained):
   assert sorted(map(int, summ[0]["gini_at"])) == [0, 10, 20, 30, 40]
   m = interp.compute(rundir.load(trained))
   assert m.values["embed_norms"].shape == (5, 2, 4)
-  # step 0 is the initialisation: no (x + y) structure, so the restricted logits are about
-  # the per-class mean logits, a constant guess: its loss is at least log p, and near it
+  # step 0 is the initialisation: no (x + y) structure, so the restricted logits (a part
+  # of the logits) guess no better than chance, log p, and not much worse than the whole
+  # logits do on all pairs (p = 7 has three frequencies; all can be key ones)
   r0 = m.values["restricted_loss"][0]
-  assert (r0 > np.log(7) - 0.01).all() and (r0 < np.log(7) + 0.3).all(), r0
+  rd = rundir.load(trained)
+  full0 = 0.8 * rd.metrics["train_loss"][0] + 0.2 * rd.metrics["val_loss"][0]
+  assert (r0 > np.log(7) - 0.01).all() and (r0 < full0 + 0.1).all(), (r0, full0)
   # the sharpness (measure.sharpness=True): at every checkpoint, with its correlation
   assert sorted(map(int, summ[0]["sharpness_at"])) == [0, 10, 20, 30, 40]
   assert np.isfinite(m.values["sharpness"]).all() and (m.values["sharpness"] >= 0).all()
