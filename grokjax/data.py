@@ -56,6 +56,10 @@ _S5: dict[str, Callable] = {
   "s5_aba": lambda x, y, inv: (x, y, x),
 }
 OPS: tuple[str, ...] = tuple(_MODULAR) + tuple(_S5)
+# mul_nz is mul on the rows with y != 0: the same operation, so the same op token (and
+# the vocabulary, and with it every model's initial numbers, stays as it was).
+_SAME_TOKEN = {"mul_nz": "mul"}
+_TOKEN_OPS = tuple(op for op in OPS if op not in _SAME_TOKEN)
 ALIASES = {
   "addition": "add",
   "subtraction": "sub",
@@ -107,15 +111,16 @@ def num_elements(op: str, p: int) -> int:
 
 def vocab_size(n: int) -> int:
   """Elements, one token per operation, and '='."""
-  return n + len(OPS) + 1
+  return n + len(_TOKEN_OPS) + 1
 
 
 def op_token(op: str, n: int) -> int:
-  return n + OPS.index(canonical_op(op))
+  op = canonical_op(op)
+  return n + _TOKEN_OPS.index(_SAME_TOKEN.get(op, op))
 
 
 def eq_token(n: int) -> int:
-  return n + len(OPS)
+  return n + len(_TOKEN_OPS)
 
 
 def s5_elements() -> np.ndarray:
