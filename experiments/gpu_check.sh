@@ -20,7 +20,9 @@
 # Environment: OUT_DIR (default ${OUT:-/tmp/gpu_check}) gets bench_paper.json,
 # bench_bf16.json, bench_exact.json, bench_quick.json and div_summary.json; PYTHON
 # (default python3); GPU_CHECK_BUDGET_S (default 470; 1500 with --dry-run) bounds the
-# whole script: a step gets at most what is left of it.
+# whole script: a step gets at most what is left of it. GPU_CHECK_SETUP (with --dry-run
+# only): the setup of every bench row (quick, paper or a config file; default paper for (a),
+# quick for the others), e.g. tests/tiny_config.py: the steps in seconds, not minutes.
 
 set -u
 cd "$(dirname "$0")/.."
@@ -30,7 +32,7 @@ QUICK=${GPU_CHECK_QUICK:-0}
 for arg in "$@"; do
   case $arg in
     --dry-run | --quick) QUICK=1 ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument $arg; use --dry-run or nothing" >&2; exit 2 ;;
   esac
 done
@@ -125,13 +127,15 @@ EOF
 BENCH=("$PY" experiments/bench.py)
 if [[ $QUICK == 1 ]]; then
   echo "# gpu_check --dry-run: the same steps with tiny settings"
-  PAPER_ARGS=(--quick --setups=paper --ks=1 --k_timeout_s=240)
-  BF16_ARGS=(--quick --setups=quick --ks=1 --compute_dtype=bfloat16 --k_timeout_s=240)
-  EXACT_ARGS=(--quick --setups=quick --ks=3 --vmap_group=2 --k_timeout_s=240)
+  PAPER_SETUP=${GPU_CHECK_SETUP:-paper} QUICK_SETUP=${GPU_CHECK_SETUP:-quick}
+  PAPER_ARGS=(--quick --setups="$PAPER_SETUP" --ks=1 --k_timeout_s=240)
+  BF16_ARGS=(--quick --setups="$QUICK_SETUP" --ks=1 --compute_dtype=bfloat16 --k_timeout_s=240)
+  EXACT_ARGS=(--quick --setups="$QUICK_SETUP" --ks=3 --vmap_group=2 --k_timeout_s=240)
   INV_ARGS=(--invariance_check --quick --vmap_group=2)
   PREC_ARGS=(--precision_check --quick --check_settings=highest,bfloat16)
-  DIV_ARGS=(--config.steps=20 --config.p=7 --config.sweep.seeds=0 --config.sweep.train_fracs=0.5)
-  QUICK_ARGS=(--quick --setups=quick --ks=2 --k_timeout_s=240)
+  DIV_ARGS=(--config.steps=20 --config.p=7 --config.sweep.seeds=0 --config.sweep.train_fracs=0.5
+    --config.model.num_layers=1 --config.model.width=32)
+  QUICK_ARGS=(--quick --setups="$QUICK_SETUP" --ks=2 --k_timeout_s=240)
   T_DEPS=120 T_DEV=120 T_A=300 T_BF16=240 T_EXACT=240 T_INV=300 T_C=400 T_D=300 T_B=240
 else
   # Measured on one H200 (2026-11-26): paper K=1, 64, 256 took 146 s (a K: ~5 s to start,

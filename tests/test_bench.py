@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = str(ROOT / "experiments" / "bench.py")
+TINY = str(ROOT / "tests" / "tiny_config.py")
 
 
 @pytest.mark.slow
@@ -87,9 +88,11 @@ def test_bench_k_past_its_time_limit_is_a_row_and_the_bench_goes_on(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")), reason="bash, timeout")
 def test_gpu_check_dry_run(tmp_path):
-  """experiments/gpu_check.sh --dry-run: every step of the GPU check with tiny settings."""
+  """experiments/gpu_check.sh --dry-run: every step of the GPU check with tiny settings,
+  its bench rows of the tiny config (GPU_CHECK_SETUP): the script, not the compile time of
+  the paper model on CPU."""
   env = {k: v for k, v in os.environ.items() if k not in ("OUT_DIR", "GPU_CHECK_BUDGET_S")}
-  env.update(JAX_PLATFORMS="cpu", PYTHON=sys.executable, OUT=str(tmp_path))
+  env.update(JAX_PLATFORMS="cpu", PYTHON=sys.executable, OUT=str(tmp_path), GPU_CHECK_SETUP=TINY)
   out = subprocess.run(
     ["bash", str(ROOT / "experiments" / "gpu_check.sh"), "--dry-run"],
     capture_output=True,
@@ -99,14 +102,14 @@ def test_gpu_check_dry_run(tmp_path):
   )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   rows = (
-    ("bench_paper.json", "paper", 1, "float32", 1),
-    ("bench_bf16.json", "quick", 1, "bfloat16", 1),
-    ("bench_exact.json", "quick", 3, "float32", 2),  # 3 runs in pairs: padded to 4
-    ("bench_quick.json", "quick", 2, "float32", 1),
+    ("bench_paper.json", 1, "float32", 1),
+    ("bench_bf16.json", 1, "bfloat16", 1),
+    ("bench_exact.json", 3, "float32", 2),  # 3 runs in pairs: padded to 4
+    ("bench_quick.json", 2, "float32", 1),
   )
-  for name, setup, k, dtype, group in rows:
+  for name, k, dtype, group in rows:
     (row,) = json.loads((tmp_path / name).read_text())
-    assert (row["setup"], row["k"], row["compute_dtype"]) == (setup, k, dtype), row
+    assert (row["setup"], row["k"], row["compute_dtype"]) == (TINY, k, dtype), row
     assert row["vmap_group"] == group and row["run_steps_per_s"] > 0, row
   assert json.loads((tmp_path / "div_summary.json").read_text())
   texts = (
@@ -122,3 +125,27 @@ def test_gpu_check_dry_run(tmp_path):
   steps = ("deps", "device", "bench_paper", "bench_bf16", "bench_exact", "invariance_check")
   for step in (*steps, "precision_check", "div_sweep", "bench_quick"):
     assert f"  {step}: ok" in out.stdout, step
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")), reason="bash, timeout")
+def test_gpu_check_with_its_budget_spent_skips_every_step_and_fails(tmp_path):
+  """GPU_CHECK_BUDGET_S bounds the whole script: with nothing left, every step is skipped
+  (none starts), the summary says so and names the JSON files not written, exit status 1."""
+  env = {k: v for k, v in os.environ.items() if k != "OUT_DIR"}
+  env.update(PYTHON=sys.executable, OUT=str(tmp_path), GPU_CHECK_BUDGET_S="4")
+  out = subprocess.run(
+    ["bash", str(ROOT / "experiments" / "gpu_check.sh"), "--dry-run"],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+  )
+  assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+  steps = ("deps", "device", "bench_paper", "bench_bf16", "bench_exact", "invariance_check")
+  for step in (*steps, "precision_check", "div_sweep", "bench_quick"):
+    assert f"=== [{step}] skipped: the 4 s budget is spent" in out.stdout, step
+    assert f"  {step}: skipped (budget spent)" in out.stdout, step
+  assert "at most" not in out.stdout  # no step started
+  for name in ("bench_paper", "bench_bf16", "bench_exact", "bench_quick"):
+    assert f"  {name}.json: not written" in out.stdout, name
+  assert not list(tmp_path.glob("*.json"))
