@@ -45,14 +45,17 @@ def tiny():
 def pytest_collection_modifyitems(config, items):
   """Which tests share a worker under pytest-xdist (``--dist loadgroup``): a file's
   tests stay together (they share module fixtures), but the long files are split:
-  test_docs.py per doc page (a page's commands build on each other) and
-  test_golden.py per config, so two workers finish together."""
+  test_docs.py per doc page (a page's commands build on each other),
+  test_golden.py per config and test_bench.py per test (no shared fixtures: the
+  gpu_check dry run, the bench time limit), so two workers finish together."""
   for item in items:
     name = item.path.name
     if name == "test_docs.py" and hasattr(item, "callspec"):
       group = "docs:" + item.callspec.id.split(":")[0]
     elif name == "test_golden.py" and hasattr(item, "callspec"):
       group = "golden:" + item.callspec.id
+    elif name == "test_bench.py":
+      group = "bench:" + item.name
     else:
       group = name
     item.add_marker(pytest.mark.xdist_group(group))
