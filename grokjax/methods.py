@@ -4,11 +4,14 @@
   floor: ``optim.schedule``); ``optim.decoupled=False`` is Adam
   with an L2 term (torch.optim.Adam's weight_decay, which Grokfast uses);
   ``method.decay_to_init`` decays towards the initial weights (openai/grok's to_init);
+  ``optim.embed_lr`` / ``optim.embed_weight_decay`` give the token embeddings their own
+  (Liu et al. 2022);
 - ``init_scale``: the initial parameters times alpha (Omnigrok);
 - ``orthograd``: ⊥Grad (Prieto et al. 2025);
 - ``grokfast_ema`` / ``grokfast_ma``: Grokfast's gradient filters (Lee et al. 2024);
 - ``norm_target``: the weights rescaled to a fixed L2 norm after each update (Omnigrok);
-- losses ``softmax`` and ``stablemax`` (Prieto et al. 2025).
+- losses ``softmax`` and ``stablemax`` (Prieto et al. 2025), either in float64 with
+  ``loss.float64`` (grokjax.losses.in_float64).
 
 A user's own method is declared the same way, in their own file: see docs/extending.md.
 
@@ -28,7 +31,6 @@ from grokjax import losses, optim
 from grokjax.registry import Key, Loss, Method, Optimizer, register
 
 positive, non_negative = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
-same_or_non_negative = (lambda v: v == -1 or v >= 0, "-1 (the same as the rest) or >= 0")
 
 
 def adamw(
@@ -112,16 +114,19 @@ register(
       Key(
         "optim.embed_lr",
         -1.0,
-        "the token embeddings' own learning rate (Liu et al. 2022; transformer, openai_grok, "
-        "nanda: the Embed module); -1: optim.lr",
-        *same_or_non_negative,
+        "the token embeddings' own learning rate (Liu et al. 2022: the Embed module of "
+        "transformer, openai_grok and nanda; the rest keeps optim.lr)",
+        lambda v: v == -1 or v >= 0,
+        "-1 (optim.lr) or >= 0",
         per_run=True,
       ),
       Key(
         "optim.embed_weight_decay",
         -1.0,
-        "the token embeddings' own weight decay (Liu et al. 2022); -1: optim.weight_decay",
-        *same_or_non_negative,
+        "the token embeddings' own weight decay (Liu et al. 2022; the rest keeps "
+        "optim.weight_decay)",
+        lambda v: v == -1 or v >= 0,
+        "-1 (optim.weight_decay) or >= 0",
         per_run=True,
       ),
     ),

@@ -344,8 +344,8 @@ BIAS = Key("model.bias", True, "mlp: biases in its layers (Prieto et al.'s MLP h
 ONE_HOT = Key(
   "model.one_hot",
   "x_op_y",
-  "mlp: its inputs, one-hot x, op and y over the vocabulary, or x and y over the elements "
-  "(Prieto et al.; no op token)",
+  "mlp: its inputs: one-hot x, op and y over the vocabulary, or one-hot x and y over the "
+  "elements (Prieto et al.; no op token)",
   choices=("x_op_y", "x_y"),
 )
 
