@@ -52,7 +52,13 @@ def main(argv):
     cli.config(_CONFIG), _WORKDIR.value, reconfigure=_RECONFIGURE.value, wait=_WAIT.value
   )
   if jax.process_index() == 0:
-    text, _ = report.report(workdir)
+    try:
+      text, _ = report.report(workdir)
+    except KeyboardInterrupt:
+      raise cli.Interrupted(
+        f"interrupted while reporting; the sweep in {workdir} has finished training: "
+        f"python experiments/report.py {workdir} reports it"
+      ) from None
     print(f"{text}\nrun directory: {workdir}")
 
 
