@@ -130,7 +130,18 @@ VARIANTS = {
   "grokfast_ma": dict(_OFF, grokfast_ma_lamb=GROKFAST_MA_LAMB),
   "baseline_wd0": dict(_OFF, weight_decay=0.0),  # what StableMax and ⊥Grad are compared with
   "stablemax": dict(_OFF, loss="stablemax", weight_decay=0.0),
+  "stablemax_f64": dict(_OFF, loss="stablemax", weight_decay=0.0, float64=True),  # Prieto et al.
   "orthograd": dict(_OFF, orthograd=True, weight_decay=0.0),
+  # Power et al.'s Fig. 2 (centre) interventions, each on Adam without weight decay
+  # (openai/grok's default); configs/reproduce.py:power_interventions sweeps them.
+  "adam": dict(_OFF, weight_decay=0.0),
+  "wd1": dict(_OFF, weight_decay=1.0),
+  "wd1_to_init": dict(_OFF, weight_decay=1.0, decay_to_init=True),
+  "l2": dict(_OFF, weight_decay=1e-3, decoupled=False),
+  "dropout": dict(_OFF, weight_decay=0.0, dropout=0.1),
+  "weight_noise": dict(_OFF, weight_decay=0.0, weight_noise=0.01),
+  "update_noise": dict(_OFF, weight_decay=0.0, update_noise=0.01),
+  "lr_anneal": dict(_OFF, weight_decay=0.0, schedule="cosine"),
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grokjax import analysis, interp, logs, plots, rundir
+from grokjax import analysis, interp, logs, papers, plots, rundir
 from grokjax.errors import UserError
 
 
@@ -33,7 +33,10 @@ def report(
   logs.write_json_atomic(rd.path / "summary.json", summary)
   paths.append(rd.path / "summary.json")
   rule = analysis.PhaseRule.of(rd.config)
-  return analysis.table(summary, rd.runs, analysis.swept(rd.runs), rule), paths
+  text = analysis.table(summary, rd.runs, analysis.swept(rd.runs), rule)
+  if rd.config.get("reproduce"):
+    text += "\n\n" + papers.comparison(rd.config["reproduce"], summary, rd.runs, threshold)
+  return text, paths
 
 
 def write_measures(rd, out=None, max_keys: int | None = None) -> list[Path]:
