@@ -13,6 +13,8 @@ count) or, on accelerators by default, all of a device's runs in one vmap.
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
+import zlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -25,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from grokjax import registry
 from grokjax.data import Table
+from grokjax.errors import UserError
 
 
 class Run(NamedTuple):
@@ -59,6 +62,14 @@ def keys(seed):
   return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
 
+def method_key(seed, step, name: str):
+  """The key of method ``name`` in a run's update ``step``: a function of the run's
+  seed, the step and the name alone (not of the program's other methods or runs), so
+  a run draws the same dropout masks and noise alone or batched, resumed or not."""
+  steps = jax.random.fold_in(jax.random.key(seed), 2)  # 0, 1: ``keys``
+  return jax.random.fold_in(jax.random.fold_in(steps, step), zlib.crc32(name.encode()) >> 1)
+
+
 class Static(NamedTuple):
   """What every run of one program shares: the model, the optimizer, the methods
   some run of it uses, the loss, their static values, the shapes."""
@@ -67,7 +78,7 @@ class Static(NamedTuple):
   optimizer: registry.Optimizer
   methods: tuple  # registry.Method entries, in registration order
   values: dict  # field -> static value (the optimizer's, the methods', the model's)
-  loss: Callable  # per-example loss (registry.Loss.fn)
+  loss: registry.Loss  # the per-example loss and its keys
   batch: int  # the static batch size
   eval_batch: int  # table rows per evaluation block
   eval_float64: bool = False  # evaluate the loss in float64 too (see ``evaluate``)
@@ -79,20 +90,35 @@ def _values(static: Static, entry, hparams: dict) -> dict:
   return {k.field: hparams[k.field] if k.per_run else static.values[k.field] for k in entry.keys}
 
 
-def optimizer(static: Static, hparams: dict, step=None) -> optax.GradientTransformation:
-  """One run's optimizer: the methods' gradient filters inside the optimizer's chain.
+def optimizer(static: Static, hparams: dict, step=None, seed=None) -> optax.GradientTransformation:
+  """One run's optimizer: the methods' gradient filters inside the optimizer's chain
+  (and their ``direction`` transformations inside it, as ``directions=``).
 
   ``hparams`` (one run's per-run values, traced under ``vmap``) enter as closures,
   so building it again in every step is free. ``step`` (the update's index, shared by
   all runs) goes to the methods that ask for it: given unbatched under ``vmap``, a
-  ring buffer's slot is one index and its write happens in place.
+  ring buffer's slot is one index and its write happens in place. ``seed`` (the
+  run's) and ``step`` make the ``key=`` of the methods with ``uses_key``.
   """
-  filters = []
+  filters, directions = [], []
   for m in static.methods:
+    extra = dict(step=step) if m.uses_step else {}
+    if m.uses_key:
+      extra["key"] = None if seed is None else method_key(seed, step, m.name)
     if m.gradient is not None:
-      extra = dict(step=step) if m.uses_step else {}
       filters.append(m.gradient(**_values(static, m, hparams), **extra))
-  return static.optimizer.make(filters, **_values(static, static.optimizer, hparams))
+    if m.direction is not None:
+      directions.append(m.direction(**_values(static, m, hparams), **extra))
+  values = _values(static, static.optimizer, hparams)
+  if directions:
+    if "directions" not in inspect.signature(static.optimizer.make).parameters:
+      users = ", ".join(m.name for m in static.methods if m.direction is not None)
+      raise UserError(
+        f"optimizer {static.optimizer.name!r} takes no step-direction transformations, "
+        f"which {users} needs; use optim.name=adamw"
+      )
+    values["directions"] = directions
+  return static.optimizer.make(filters, **values)
 
 
 def init_state(static: Static, table: Table, run: Run) -> TrainState:
@@ -109,22 +135,27 @@ def init_state(static: Static, table: Table, run: Run) -> TrainState:
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def per_example(static: Static, params, inputs, labels, dtype: str = "float32"):
+def per_example(
+  static: Static, params, inputs, labels, dtype: str = "float32", forward=None, hparams=None
+):
   """The loss and correctness of the answer token, per example.
 
   ``dtype`` ("bfloat16": ``config.compute_dtype``) is what the model computes in: the
   float parameters are cast to it before ``model.apply``, so Flax's layers do their
   matmuls and activations in it, while the parameters (and the gradient, through the
-  cast) stay float32; the logits come back to float32 for the loss.
+  cast) stay float32; the logits come back to float32 for the loss. ``forward``:
+  keyword arguments of ``model.apply`` (the methods' ``forward``: training only);
+  ``hparams``: the run's per-run values, for the loss's per-run keys.
   """
   low = dtype != "float32"
   if low:
     cast = lambda p: p.astype(COMPUTE_DTYPES[dtype]) if jnp.issubdtype(p.dtype, jnp.floating) else p
     params = jax.tree.map(cast, params)
-  logits = static.model.apply({"params": params}, inputs)
+  logits = static.model.apply({"params": params}, inputs, **(forward or {}))
   if low:
     logits = logits.astype(jnp.float32)
-  return static.loss(logits, labels), (logits.argmax(-1) == labels)
+  loss = static.loss.fn(logits, labels, **_values(static, static.loss, hparams or {}))
+  return loss, (logits.argmax(-1) == labels)
 
 
 def steps_per_epoch(run: Run):
@@ -157,6 +188,29 @@ def batch_indices(run: Run, step, batch: int, order=None):
   return rows, (slots < run.batch_size).astype(jnp.float32)
 
 
+def _forward(static: Static, run: Run, step) -> dict | None:
+  """The keyword arguments of the training forward pass from the methods' ``forward``
+  hooks (their ``rngs`` merged), checked against the model's ``__call__``; None if
+  no method of the program has one."""
+  hooked = [m for m in static.methods if m.forward is not None]
+  if not hooked:
+    return None
+  kwargs = {}
+  for m in hooked:
+    out = m.forward(method_key(run.seed, step, m.name), **_values(static, m, run.hparams))
+    kwargs.update({k: v for k, v in out.items() if k != "rngs"})
+    kwargs["rngs"] = {**kwargs.get("rngs", {}), **out.get("rngs", {})}
+  takes = inspect.signature(type(static.model).__call__).parameters
+  for name in kwargs.keys() - {"rngs"}:
+    if name not in takes:
+      users = ", ".join(m.name for m in hooked)
+      raise UserError(
+        f"model {type(static.model).__name__} takes no {name!r}, which {users} passes it; "
+        "choose a model that does (transformer and openai_grok take dropout), or turn it off"
+      )
+  return kwargs
+
+
 def train_step(static: Static, table: Table, run: Run, state: TrainState, step=None, order=None):
   """One update of one run on its next batch, then the methods' ``after_update``.
 
@@ -168,14 +222,21 @@ def train_step(static: Static, table: Table, run: Run, state: TrainState, step=N
   step = state.step if step is None else step
   slots, weights = batch_indices(run, step, static.batch, order)
   rows = run.rows[slots]
+  forward = _forward(static, run, step)
 
   def loss_fn(params):
     inputs, labels = table.inputs[rows], table.labels[rows]
-    loss, _ = per_example(static, params, inputs, labels, static.compute_dtype)
+    loss, _ = per_example(
+      static, params, inputs, labels, static.compute_dtype, forward, run.hparams
+    )
     return (loss * weights).sum() / weights.sum()
 
-  grads = jax.grad(loss_fn)(state.params)
-  updates, opt_state = optimizer(static, run.hparams, step).update(
+  at = state.params  # the parameters the gradient is taken at: perturbed by the methods
+  for m in static.methods:
+    if m.perturb is not None:
+      at = m.perturb(at, method_key(run.seed, step, m.name), **_values(static, m, run.hparams))
+  grads = jax.grad(loss_fn)(at)
+  updates, opt_state = optimizer(static, run.hparams, step, run.seed).update(
     grads, state.opt_state, state.params
   )
   params = optax.apply_updates(state.params, updates)
@@ -204,11 +265,12 @@ def evaluate(static: Static, table: Table, run: Run, params, float64=False) -> d
 
   def block(r):
     inputs, labels = table.inputs[r], table.labels[r]
-    loss32, correct = per_example(static, params, inputs, labels)
+    loss32, correct = per_example(static, params, inputs, labels, hparams=run.hparams)
     if not float64:
       return loss32, correct, loss32
     params64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-    return per_example(static, params64, inputs, labels)[0], correct, loss32
+    loss64 = per_example(static, params64, inputs, labels, hparams=run.hparams)[0]
+    return loss64, correct, loss32
 
   loss, correct, loss32 = (x.reshape(-1)[:n] for x in jax.lax.map(block, rows))
 
