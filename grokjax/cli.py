@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from grokjax.errors import Interrupted, UserError
+from grokjax.errors import Interrupted, UserError, disk_full
 
 
 def _fail(message: str):
@@ -209,8 +209,6 @@ def run(main) -> None:
     except KeyboardInterrupt:
       _exit_now("interrupted", 130)
     except OSError as e:
-      from grokjax.sweep import disk_full  # noqa: PLC0415  (jax: only when needed)
-
       if not disk_full(e):
         raise
       _fail(f"the disk is full ({e.filename or e}); free some space, then run the same command")

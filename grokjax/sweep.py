@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from grokjax import checkpoint, data, integrations, lock, logs, registry, train
 from grokjax import config as config_lib
-from grokjax.errors import Interrupted, UserError
+from grokjax.errors import Interrupted, UserError, disk_full
 from grokjax.model import make_model
 
 log = logging.getLogger(__name__)
@@ -671,20 +670,6 @@ def run_sweep(
       ) from None
     raise
   return workdir
-
-
-def disk_full(e: BaseException) -> bool:
-  """Whether ``e`` (or an exception it was raised from) says the disk is full: an
-  OSError ENOSPC/EDQUOT, or TensorStore's message for one (Orbax's async saves)."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-      return True
-    if any(s in str(e) for s in ("No space left on device", "Disk quota exceeded")):
-      return True
-    e = e.__cause__ or e.__context__
-  return False
 
 
 SAVE_WAIT_S = 10.0  # Ctrl-C: how long a checkpoint being written may take to finish
