@@ -56,8 +56,7 @@ RESULTS = {
     "Appendix (sharpness, openai/grok's measure.py)",
     "sharpness of the minimum (loss rise under random weight perturbations) against "
     "validation accuracy over runs of different train fractions",
-    "flatter minima (lower sharpness) go with better validation accuracy (a negative "
-    "correlation)",
+    "flatter minima (lower sharpness) go with better validation accuracy (a negative correlation)",
   ),
   "grokfast_ema": Result(
     "Lee et al. 2024 (Grokfast)",

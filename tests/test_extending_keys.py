@@ -102,7 +102,9 @@ def sgd(filters, sgd_lr):
 
 
 def test_a_user_optimizer_is_labelled_by_its_entry(registered, tmp_path):
-  registered(Optimizer("sgd", (Key("optim.sgd_lr", 0.1, "SGD lr", per_run=True),), sgd, label="SGD"))
+  registered(
+    Optimizer("sgd", (Key("optim.sgd_lr", 0.1, "SGD lr", per_run=True),), sgd, label="SGD")
+  )
   cfg = tiny(**{"optim.name": "sgd"})
   workdir = sweep.run_sweep(cfg, tmp_path / "run", progress=False)
   label = plots.sweep_label(rundir.load(workdir))
