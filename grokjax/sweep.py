@@ -138,6 +138,7 @@ def _program(sweep_cfg, runs: list[dict], members: list[int], table, batch: int)
     sweep_cfg.eval_float64,
     sweep_cfg.compute_dtype,
   )
+  train.check_forward(static)  # dropout on a model without it: refused before any write
   return Program(static, np.asarray(members))
 
 

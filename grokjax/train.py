@@ -211,6 +211,13 @@ def _forward(static: Static, run: Run, step) -> dict | None:
   return kwargs
 
 
+def check_forward(static: Static) -> None:
+  """The UserError of ``_forward`` (a method passing the model an argument it does not
+  take), raised while the sweep is built, before anything is traced or written."""
+  hparams = {k.field: 0.0 for m in static.methods for k in m.keys if k.per_run}
+  _forward(static, Run(0, None, None, None, None, hparams), 0)
+
+
 def train_step(static: Static, table: Table, run: Run, state: TrainState, step=None, order=None):
   """One update of one run on its next batch, then the methods' ``after_update``.
 

@@ -150,7 +150,13 @@ def test_interventions_are_sweep_axes_one_program_for_their_nonzero_values(tiny)
 
 
 def test_dropout_on_a_model_without_it_is_a_user_error(tiny):
-  static, run, table = _program(tiny, **{"model.dropout": 0.1, "model.name": "mlp"})
+  """Refused while the sweep is built (before a run directory is written), and by the
+  train step itself for a program made by hand."""
+  cfg = tiny(**{"model.dropout": 0.1, "model.name": "mlp"})
+  with pytest.raises(UserError, match="takes no 'dropout'"):
+    sweep.build(cfg)
+  static, run, table = _program(tiny, **{"model.dropout": 0.1})
+  static = static._replace(model=model.make_model(dict(cfg.model), table.vocab_size, table.n))
   state = jax.eval_shape(lambda: train.init_state(static, table, run))
   with pytest.raises(UserError, match="takes no 'dropout'"):
     jax.eval_shape(lambda s: train.train_step(static, table, run, s), state)
