@@ -47,13 +47,32 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _three_runs(tiny, **overrides):
+  return tiny(**{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)}, **overrides)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+  """The reference of both tests: the 3 runs, 60 steps on one device in one process."""
+  from conftest import tiny_config
+
+  workdir = tmp_path_factory.mktemp("single")
+  sweep.run_sweep(_three_runs(tiny_config, steps=60), workdir, progress=False)
+  return logs.read_metrics(workdir / "metrics.msgpack")
+
+
 @pytest.mark.slow
-def test_sharded_sweep_equals_unsharded(tmp_path, tiny):
+def test_sharded_sweep_equals_unsharded(tmp_path, tiny, single):
   # 60 steps on one device; on 4 devices, resumed there after 40; and 40 steps on one
   # device resumed on 4 (its checkpoint of 3 runs read whole and padded to 4).
-  cfg = tiny(**{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)})
-  sweep.run_sweep(cfg, tmp_path / "grow", progress=False)
+  sweep.run_sweep(_three_runs(tiny), tmp_path / "grow", progress=False)
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  # Each device compiles its program once for the four sweeps (JAX's persistent cache, as
+  # on GPUs), not once per sweep: the same programs, a quarter of the compile time.
+  env.update(
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
   script = SCRIPT.format(
     tests=str(ROOT), workdir=str(tmp_path / "sharded"), grow=str(tmp_path / "grow")
   )
@@ -62,10 +81,6 @@ def test_sharded_sweep_equals_unsharded(tmp_path, tiny):
   info = json.loads(out.stdout.strip().splitlines()[-1])
   assert info == dict(devices=4, padded=4, shards=4, shard_rows=1, fast_shards=4, fast_close=True)
 
-  cfg.steps = 60
-  single = logs.read_metrics(
-    sweep.run_sweep(cfg, tmp_path / "single", progress=False) / "metrics.msgpack"
-  )
   assert [r["step"] for r in single] == list(range(0, 61, 10))
   for name in ("sharded", "grow"):
     records = logs.read_metrics(tmp_path / name / "metrics.msgpack")
@@ -78,7 +93,7 @@ def test_sharded_sweep_equals_unsharded(tmp_path, tiny):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(tmp_path, tiny):
+def test_two_processes_equal_one(tmp_path, tiny, single):
   # experiments/sweep.py --distributed, as on two hosts: 2 processes x 2 CPU devices,
   # 3 runs (padded to 4), one workdir. Metrics and checkpoints equal one process's.
   with socket.socket() as s:
@@ -111,10 +126,7 @@ def test_two_processes_equal_one(tmp_path, tiny):
   assert "run directory" in outs[0] and "run directory" not in outs[1]  # process 0 reports
 
   # One process, one device, 20 steps more: the first 40 as the two processes logged them.
-  cfg = tiny(steps=60, **{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)})
-  single = sweep.run_sweep(cfg, tmp_path / "single", progress=False)
-  a = logs.read_metrics(tmp_path / "multi" / "metrics.msgpack")
-  b = logs.read_metrics(single / "metrics.msgpack")
+  a, b = logs.read_metrics(tmp_path / "multi" / "metrics.msgpack"), single
   assert [r["step"] for r in a] == [r["step"] for r in b if r["step"] <= 40]
   for ra, rb in zip(a, b):
     assert ra == rb
@@ -122,5 +134,5 @@ def test_two_processes_equal_one(tmp_path, tiny):
   loaded = rundir.load_run(tmp_path / "multi", 2)
   assert loaded.accuracy("train") == pytest.approx(b[len(a) - 1]["train_acc"][2], abs=1e-6)
   # and the sweep resumes there (no padding on one device) to give the one-device numbers.
-  sweep.run_sweep(cfg, tmp_path / "multi", reconfigure=True, progress=False)
+  sweep.run_sweep(_three_runs(tiny, steps=60), tmp_path / "multi", reconfigure=True, progress=False)
   assert logs.read_metrics(tmp_path / "multi" / "metrics.msgpack") == b
