@@ -402,5 +402,6 @@ registry.register(
 def make_model(model_cfg, vocab_size: int, num_classes: int) -> nn.Module:
   """The model a config's ``model`` section (or a dict like it) names, for one vocabulary."""
   entry = registry.lookup(registry.MODELS, model_cfg["name"], "model.name")
-  values = {k.field: model_cfg[k.path.split(".", 1)[1]] for k in entry.keys}
+  # a key the section lacks (a dict written before the key existed) takes its default
+  values = {k.field: model_cfg.get(k.path.split(".", 1)[1], k.default) for k in entry.keys}
   return entry.make(vocab_size, num_classes, **values)
