@@ -67,6 +67,7 @@ def test_golden_records_the_machine():
 
 
 def test_a_capped_isa_is_another_machine(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "")
   here = machine.fingerprint()
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2")
   capped = machine.fingerprint()
