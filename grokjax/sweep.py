@@ -615,7 +615,8 @@ def _check_budget(sweep: Sweep) -> None:
   d = jax.device_count()
   for prog in sweep.programs:
     run = jax.tree.map(lambda x: x[0], run_arrays(sweep, prog))
-    shapes = jax.eval_shape(lambda r, s=prog.static: train.init_state(s, sweep.table, r), run)
+    # the table an argument too: traced as in training, never a host array to a model
+    shapes = jax.eval_shape(lambda t, r, s=prog.static: train.init_state(s, t, r), sweep.table, run)
     state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes.params))
     per_device = train.padded_runs(len(prog.runs), vmap_group(cfg, prog.static.batch), d) // d
