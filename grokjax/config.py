@@ -130,8 +130,8 @@ VARIANTS = {
   "grokfast_ma": dict(_OFF, grokfast_ma_lamb=GROKFAST_MA_LAMB),
   "baseline_wd0": dict(_OFF, weight_decay=0.0),  # what StableMax and ⊥Grad are compared with
   "stablemax": dict(_OFF, loss="stablemax", weight_decay=0.0),
-  "stablemax_f64": dict(_OFF, loss="stablemax", weight_decay=0.0, float64=True),  # Prieto et al.
   "orthograd": dict(_OFF, orthograd=True, weight_decay=0.0),
+  "stablemax_f64": dict(_OFF, loss="stablemax", weight_decay=0.0, float64=True),  # Prieto et al.
   # Power et al.'s Fig. 2 (centre) interventions, each on Adam without weight decay
   # (openai/grok's default); configs/reproduce.py:power_interventions sweeps them.
   "adam": dict(_OFF, weight_decay=0.0),
