@@ -29,11 +29,14 @@ def test_phase_config_finds_three_phases(tmp_path):
   summary = json.loads((workdir / "summary.json").read_text())
   assert len(summary) == 9
   phases = {s["index"]: s["phase"] for s in summary}
-  assert set(phases.values()) <= set(analysis.PHASES)
-  assert len(set(phases.values())) >= 3, phases
+  base = {i: analysis.base_phase(ph) for i, ph in phases.items()}  # "grokking (relapsed)" too
+  assert set(base.values()) <= set(analysis.PHASES)
+  assert len(set(base.values())) >= 3, phases
   assert phases[8] == "confusion"  # lr 0.1, weight decay 10: nothing fits
   assert phases[0] == "memorization"  # lr 0.0016, weight decay 0.01: fits, never generalises
-  assert phases[4] == "grokking"  # lr 0.025, weight decay 0.16
+  # lr 0.025, weight decay 0.16: groks (val 0.91 at step 426 here); at this high lr it may
+  # oscillate below the threshold at the last evaluation, reported as "grokking (relapsed)"
+  assert base[4] == "grokking", phases
   for s in summary:  # the numbers it was decided on are there
     assert s["phase_budget"] == 500
     assert (s["phase_train_step"] is None) == (s["phase"] == "confusion")
@@ -41,4 +44,5 @@ def test_phase_config_finds_three_phases(tmp_path):
   assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 20_000
   table = out.stdout
   assert "phase at 90% accuracy (phase.threshold)" in table
-  assert sum(line.rstrip().endswith(tuple(analysis.PHASES)) for line in table.splitlines()) == 9
+  ends = (*analysis.PHASES, analysis.RELAPSED)
+  assert sum(line.rstrip().endswith(ends) for line in table.splitlines()) == 9
