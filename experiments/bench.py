@@ -166,7 +166,7 @@ def bench_grokjax(cfg, steps: int, emit=lambda **kw: None) -> dict:
   row = dict(
     framework="grokjax",
     k=k,
-    vmap_group=sweep.vmap_group(cfg, s.programs[0].static.batch) or k,
+    vmap_group=sweep.vmap_group(cfg) or k,
     padded_k=int(runs.seed.shape[0]),
     compute_dtype=cfg.compute_dtype,
     run_steps_per_s=rate,
@@ -307,7 +307,7 @@ def invariance_check() -> None:
       states, _ = chunk(table, runs, init(table, runs), steps)
       k = seeds.index(1)
       leaves.append([np.asarray(x)[k] for x in jax.tree.leaves(states.params)])
-    g_used = sweep.vmap_group(s.cfg, s.programs[0].static.batch)
+    g_used = sweep.vmap_group(s.cfg)
     same = all(np.array_equal(a, b) for a, b in zip(*leaves))
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*leaves))
     print(
@@ -340,11 +340,7 @@ def main(argv):
   if "error" in device:
     print(f"# device probe {device['error']}", flush=True)
   accelerator = device.get("backend", "cpu") != "cpu"
-  ks = (
-    ks_given
-    if _KS.value
-    else ([1, 8, 32, 128, 256, 512] if accelerator else [1, 8, 32])
-  )
+  ks = ks_given if _KS.value else ([1, 8, 32, 128, 256, 512] if accelerator else [1, 8, 32])
   setups, steps, eval_every = _SETUPS.value, _STEPS.value, _EVAL_EVERY.value
   if _QUICK.value:  # tiny settings; --setups and --ks given on the command line still apply
     steps, eval_every = 20, 10

@@ -12,6 +12,14 @@ from pathlib import Path
 
 import orbax.checkpoint as ocp
 
+# The layout of a checkpoint's state, recorded in its metadata: a version reads only
+# its own (grokjax.sweep refuses another in one line).
+FORMATS = {
+  1: "every program held the built-in methods orthograd, grokfast_ema and norm_target",
+  2: "a program holds only the methods its runs use",
+}
+FORMAT = max(FORMATS)
+
 
 def manager(workdir, keep: int | None = 3, create: bool = True) -> ocp.CheckpointManager:
   """The sweep's CheckpointManager over ``workdir/checkpoints`` (async saves);
@@ -26,10 +34,10 @@ def manager(workdir, keep: int | None = 3, create: bool = True) -> ocp.Checkpoin
 
 
 def save(mngr: ocp.CheckpointManager, step: int, states, meta: dict) -> None:
-  """Starts saving ``states`` at ``step``; returns once the arrays are copied off."""
-  mngr.save(
-    step, args=ocp.args.Composite(state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave(meta))
-  )
+  """Starts saving ``states`` at ``step`` with ``meta`` and the ``FORMAT``; returns once
+  the arrays are copied off."""
+  meta = ocp.args.JsonSave({**meta, "format": FORMAT})
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(states), meta=meta))
 
 
 def restore(mngr: ocp.CheckpointManager, abstract, step: int | None = None):

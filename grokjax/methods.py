@@ -15,10 +15,10 @@
 
 A user's own method is declared the same way, in their own file: see docs/extending.md.
 
-``orthograd``, ``grokfast_ema`` and ``norm_target`` declare no ``active`` rule, so they
-are in every program, as they were before the registry: each is the identity at its
-off value, and leaving one out where no run uses it changes how XLA fuses the update,
-and with it the last bits of every run's numbers (tests/test_golden.py holds them).
+Each method says which runs use it (``active``: its strength off, the identity): a
+program carries only the methods its runs use, so configs/div.py's runs hold AdamW's
+state and nothing else, and runs that use another set of methods train in a program
+of their own (grokjax.registry.Method).
 """
 
 from __future__ import annotations
@@ -141,6 +141,7 @@ register(
     "init_scale",
     (Key("method.init_scale", 1.0, "initial parameters times this (Omnigrok)", *positive, True),),
     init=lambda params, init_scale: jax.tree.map(lambda p: p * init_scale, params),
+    active=lambda v: v["init_scale"] != 1.0,
     help="Omnigrok's initialisation scale alpha",
   )
 )
@@ -150,6 +151,7 @@ register(
     "orthograd",
     (Key("method.orthograd", False, "⊥Grad: drop the gradient along the weights", per_run=True),),
     gradient=lambda orthograd: optim.orthogonal_grad(orthograd),
+    active=lambda v: bool(v["orthograd"]),
     help="⊥Grad (Prieto et al. 2025)",
   )
 )
@@ -171,6 +173,7 @@ register(
     gradient=lambda grokfast_alpha, grokfast_lamb: optim.grokfast_ema(
       grokfast_alpha, grokfast_lamb
     ),
+    active=lambda v: v["grokfast_lamb"] > 0,
     help="Grokfast-EMA: g + lamb * EMA_alpha(g) (Lee et al. 2024)",
   )
 )
@@ -186,7 +189,6 @@ register(
       grokfast_window, grokfast_ma_lamb, step
     ),
     active=lambda v: v["grokfast_ma_lamb"] > 0,
-    separate=True,  # a window of gradients per run: only its runs carry it
     uses_step=True,
     help="Grokfast-MA: g + lamb * mean of the last window gradients (Lee et al. 2024)",
   )
@@ -203,18 +205,14 @@ register(
     "norm_target",
     (Key("method.norm_target", 0.0, "> 0: weights rescaled to this L2 norm", *non_negative, True),),
     after_update=_project_norm,
+    active=lambda v: v["norm_target"] > 0,
     help="fixed weight norm after each update (Omnigrok)",
   )
 )
 
 # Power et al.'s Fig. 2 interventions, as openai/grok implements them (its --dropout,
 # --weight_noise, --noise_factor). Each draws from the run's own key of the step
-# (train.method_key), so a run's noise is its own alone or batched. Each is
-# ``separate``: its runs train in a program of their own (their rates or scales vmapped
-# together), because a run at 0 in a program that holds the method, though its values
-# are unchanged, gets last bits moved by how XLA fuses the step (measured: 1e-7 after
-# 40 steps for dropout and weight noise), and its numbers must not depend on its
-# neighbours (tests/test_invariance.py).
+# (train.method_key), so a run's noise is its own alone or batched.
 register(
   Method(
     "dropout",
@@ -231,7 +229,6 @@ register(
     ),
     forward=lambda key, dropout: dict(dropout=dropout, rngs={"dropout": key}),
     active=lambda v: v["dropout"] > 0,
-    separate=True,
     help="dropout in the feed-forward blocks during training (openai/grok's placement)",
   )
 )
@@ -251,7 +248,6 @@ register(
     ),
     perturb=lambda params, key, weight_noise: optim.add_gaussian(params, key, weight_noise),
     active=lambda v: v["weight_noise"] > 0,
-    separate=True,
     help="weight noise in the forward pass (openai/grok's --weight_noise)",
   )
 )
@@ -272,7 +268,6 @@ register(
     ),
     direction=lambda update_noise, b1, key, step: optim.update_noise(update_noise, key, step, b1),
     active=lambda v: v["update_noise"] > 0,
-    separate=True,
     uses_step=True,
     uses_key=True,
     help="noise on the update, after the gradient (openai/grok's --noise_factor)",

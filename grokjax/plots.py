@@ -609,8 +609,7 @@ def embeddings(rd: RunDir, threshold: float | None = None):
     label = op_label(run["op"], run["p"])
     ax.set_title(f"{title}\n{label}, run {run['index']}" if title else label, fontsize=10)
   fig.suptitle(
-    f"{sweep_label(rd)}\nt-SNE of the output layer's rows (one point per answer), step "
-    f"{steps[-1]}",
+    f"{sweep_label(rd)}\nt-SNE of the output layer's rows (one point per answer), step {steps[-1]}",
     fontsize=11,
   )
   return fig

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -108,10 +109,12 @@ class Method:
   for its initial state).
 
   ``active(values)`` says from a run's values (a dict by field) whether the run uses
-  the method: a program includes the method when one of its runs does, and the
-  method must then leave the others' numbers unchanged (lamb = 0 is the identity,
-  say). ``separate``: the method makes state of its own worth keeping apart (the
-  Grokfast-MA window), so only runs using it compile it, in a program of their own.
+  the method (default: every run). Runs train in one program per set of methods they
+  use, so a program carries only what its runs use (no state, no work for the others),
+  and a run's numbers never depend on a neighbour's methods: its program is decided
+  by its own values alone. Sweeping a method's strength with its off value in the grid
+  makes two programs (``sweep.grokfast_lamb=0,2``), each value in between one more run
+  of the method's program.
   """
 
   name: str
@@ -120,13 +123,22 @@ class Method:
   init: Callable | None = None
   after_update: Callable | None = None
   active: Callable[[dict], bool] = lambda values: True
-  separate: bool = False
   uses_step: bool = False
   help: str = ""
   direction: Callable | None = None
   perturb: Callable | None = None
   forward: Callable | None = None
   uses_key: bool = False
+  separate: dataclasses.InitVar[bool | None] = None  # gone: what every method does now
+
+  def __post_init__(self, separate):
+    if separate is not None:
+      warnings.warn(
+        f"Method {self.name!r}: separate= is no longer needed (every method's runs train in "
+        "a program of their own, by its active rule); drop it",
+        FutureWarning,
+        stacklevel=3,
+      )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -107,24 +107,26 @@ def _entries(run: dict) -> tuple:
   return opt, mod, loss, used
 
 
+def _static(run: dict, entries: tuple) -> dict:
+  """The run's static values (field -> value) of its optimizer, model, loss and methods."""
+  opt, mod, loss, used = entries
+  return {k.field: run[k.field] for e in (opt, loss, mod, *used) for k in e.keys if not k.per_run}
+
+
 def signature(run: dict) -> tuple:
-  """What a run's program depends on: its optimizer, model, loss, the methods kept
-  apart (``Method.separate``) that it uses, and the static values of all of them."""
-  opt, mod, loss, used = _entries(run)
-  static = dict.fromkeys(k.field for e in (opt, loss, mod, *used) for k in e.keys if not k.per_run)
-  apart = tuple(m.name for m in used if m.separate)
-  return (opt.name, mod.name, loss.name, apart, tuple((f, run[f]) for f in static))
+  """What a run's program depends on: its optimizer, model, loss, the methods it uses
+  (``Method.active``) and the static values of all of them."""
+  entries = _entries(run)
+  opt, mod, loss, used = entries
+  names = tuple(m.name for m in used)
+  return (opt.name, mod.name, loss.name, names, tuple(_static(run, entries).items()))
 
 
 def _program(sweep_cfg, runs: list[dict], members: list[int], table, batch: int) -> Program:
   first = runs[members[0]]
-  opt, mod, loss, _ = _entries(first)
-  used = tuple(m for m in registry.METHODS.values() if any(m.active(runs[k]) for k in members))
-  values = {}  # static values, each from a run that uses its entry (they agree: signature)
-  for entry in (opt, loss, mod, *used):
-    uses = getattr(entry, "active", lambda run: True)
-    owner = next((runs[k] for k in members if uses(runs[k])), first)
-    values.update({k.field: owner[k.field] for k in entry.keys if not k.per_run})
+  entries = _entries(first)  # the same for every member (signature)
+  opt, mod, loss, used = entries
+  values = _static(first, entries)
   by_path = {k.path.split(".", 1)[1]: values[k.field] for k in mod.keys}  # make_model's keys
   model = make_model(dict(name=mod.name, **by_path), table.vocab_size, table.n)
   static = train.Static(
@@ -220,7 +222,7 @@ def device_inputs(sweep: Sweep, padding=None) -> tuple[data.Table, list[train.Ru
   m = mesh()
   runs = []
   for i, prog in enumerate(sweep.programs):
-    group = vmap_group(sweep.cfg, prog.static.batch)
+    group = vmap_group(sweep.cfg)
     multiple = padding[i] if padding else train.padded_runs(1, group, jax.device_count())
     runs.append(jax.device_put(run_arrays(sweep, prog, multiple), NamedSharding(m, P("runs"))))
   return jax.device_put(sweep.table, NamedSharding(m, P())), runs
@@ -243,26 +245,27 @@ def sweep_fns(sweep: Sweep) -> list[tuple]:
   cfg = sweep.cfg
   precision = None if cfg.matmul_precision == "default" else cfg.matmul_precision
   m = mesh()
-  return [
-    train.make_sweep_fns(p.static, precision, vmap_group(cfg, p.static.batch), m)
-    for p in sweep.programs
-  ]
+  return [train.make_sweep_fns(p.static, precision, vmap_group(cfg), m) for p in sweep.programs]
 
 
 def _saved_padding(sweep: Sweep, meta: dict) -> list[int]:
-  """Each program's run-axis length in a checkpoint (its ``padded_runs``; before
-  that was recorded: the count padded to a multiple of the device count)."""
-  saved = meta.get("padded_runs")
-  if saved is None:
-    d = jax.device_count()
-    return [-(-len(p.runs) // d) * d for p in sweep.programs]
+  """Each program's run-axis length in a checkpoint (its ``padded_runs``), once its
+  ``format`` is this version's and its programs are this sweep's."""
+  fmt = meta.get("format", 1)
+  if fmt != checkpoint.FORMAT:
+    raise UserError(
+      f"the checkpoints are in grokjax's checkpoint format {fmt}, this version reads format "
+      f"{checkpoint.FORMAT} ({checkpoint.FORMATS[checkpoint.FORMAT]}); finish or resume them "
+      "with the grokjax that made them, or train again in a new --workdir"
+    )
+  saved = meta["padded_runs"]
   if len(saved) != len(sweep.programs) or any(
     n < len(p.runs) for n, p in zip(saved, sweep.programs)
   ):
     raise UserError(
       f"the checkpoints hold {saved} runs per program, this sweep has "
-      f"{[len(p.runs) for p in sweep.programs]}: they are of another sweep or another "
-      "version of grokjax; move the checkpoints folder away to start over"
+      f"{[len(p.runs) for p in sweep.programs]}: they are of another sweep; move the "
+      "checkpoints folder away to start over"
     )
   return [int(n) for n in saved]
 
@@ -293,17 +296,14 @@ def restore(sweep: Sweep, mngr, table, runs, step: int | None = None):
   return out, meta
 
 
-def vmap_group(cfg, batch: int) -> int | None:
+def vmap_group(cfg) -> int | None:
   """Runs vmapped together: every run is computed in a group of exactly this many
   (``train.make_sweep_fns``), so its numbers do not depend on the other runs, their
   number or the device count; None: all of a device's runs in one vmap (the program
   then changes with K). ``config.vmap_group`` if > 0; else, on an accelerator, None
   (one vmap is where batching pays: docs/performance.md says what exactness costs
-  there); on CPU 1: one run at a time already keeps 2 cores busy (paper batch 512,
-  K = 8: 41 run-steps/s all vmapped, 47 one at a time); pairs were 6% faster at batch
-  128 (quick config, K = 32: 180 vs ~170), but a fixed pair computes a padding run for
-  an odd K (the quick demo's 3 seeds would cost 4 runs, one run alone 2)."""
-  del batch  # the group no longer depends on it: one rule, whatever the runs
+  there); on CPU 1: one run at a time already keeps the cores busy, and a fixed group
+  would compute padding runs for a K it does not divide (docs/performance.md)."""
   if cfg.vmap_group:
     return cfg.vmap_group
   return 1 if jax.default_backend() == "cpu" else None
@@ -598,14 +598,11 @@ def _check_budget(sweep: Sweep) -> None:
   cfg = sweep.cfg
   if cfg.steps > MAX_STEPS:
     raise UserError(
-      f"steps={cfg.steps} is more than a run can count ({MAX_STEPS:,}); give fewer "
-      "--config.steps"
+      f"steps={cfg.steps} is more than a run can count ({MAX_STEPS:,}); give fewer --config.steps"
     )
   evals = cfg.eval_points if cfg.eval_schedule == "log" else cfg.steps // cfg.eval_every
   if evals > MAX_EVALS:
-    fix = (
-      "--config.eval_points" if cfg.eval_schedule == "log" else "a larger --config.eval_every"
-    )
+    fix = "--config.eval_points" if cfg.eval_schedule == "log" else "a larger --config.eval_every"
     raise UserError(
       f"{evals:,} evaluations (steps={cfg.steps}, eval_every={cfg.eval_every}, "
       f"eval_schedule={cfg.eval_schedule}) is more than the {MAX_EVALS:,} a sweep may log; "
@@ -619,7 +616,7 @@ def _check_budget(sweep: Sweep) -> None:
     shapes = jax.eval_shape(lambda t, r, s=prog.static: train.init_state(s, t, r), sweep.table, run)
     state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes.params))
-    per_device = train.padded_runs(len(prog.runs), vmap_group(cfg, prog.static.batch), d) // d
+    per_device = train.padded_runs(len(prog.runs), vmap_group(cfg), d) // d
     need += per_device * (state + params)  # + the gradients
   limit, what = _memory_limit()
   if need > limit:

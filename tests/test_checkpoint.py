@@ -91,6 +91,25 @@ def test_resume_drops_a_torn_record_and_lost_checkpoint(tmp_path, tiny):
     (ref / "summary.json").read_text()
   )
   _assert_same_params(_params(ref, 4), _params(crashed, 4))
+  # The same crash in a run directory of an older checkpoint format (1: every program
+  # held the built-in methods): refused in one line, nothing moved, cut or rewritten.
+  old = tmp_path / "old"
+  shutil.copytree(ref, old)
+  shutil.rmtree(old / "checkpoints" / "40")
+  (old / "metrics.msgpack").write_bytes(raw[:-7])
+  (step,) = [p.name for p in (old / "checkpoints").iterdir()]
+  meta = old / "checkpoints" / step / "meta" / "metadata"
+  saved = json.loads(meta.read_text())
+  meta.write_text(json.dumps({k: v for k, v in saved.items() if k != "format"}))
+  files = lambda d: {p: p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+  before = files(old)
+  with pytest.raises(UserError, match="checkpoint format 1, this version reads format 2") as e:
+    sweep.run_sweep(tiny(), old, progress=False)
+  assert "\n" not in str(e.value) and "new --workdir" in str(e.value)
+  with pytest.raises(UserError, match="checkpoint format 1"):
+    rundir.load_run(old, 0)  # report, interp and notebooks read it the same way
+  assert files(old).keys() - {old / ".lock"} == before.keys() - {old / ".lock"}
+  assert all(files(old)[p] == b for p, b in before.items() if p.name != ".lock")
 
 
 @pytest.mark.slow

@@ -57,12 +57,11 @@ def test_extending_block_runs_and_a_batched_run_equals_the_run_alone(tmp_path):
   assert {(r["model"], r["sign_beta"]) for r in runs} == {
     (m, b) for m in ("transformer", "embed_mlp") for b in (0.0, 0.5)
   }
-  # one program per model, each vmapping the filter's runs beside the baseline's
+  # one program per model and per set of methods: the filter only where it is on
   programs = result["programs"]
-  assert len(programs) == 2
+  assert len(programs) == 4
   for members in programs:
-    assert len({runs[k]["model"] for k in members}) == 1
-    assert {runs[k]["sign_beta"] for k in members} == {0.0, 0.5}
+    assert len({(runs[k]["model"], runs[k]["sign_beta"]) for k in members}) == 1
   # the filter changes training: same model and seed, different curves
   last = result["batched"][-1]["train_loss"]
   pairs = [

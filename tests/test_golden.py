@@ -1,10 +1,11 @@
-"""Every shipped config gives the numbers it gave before the registry refactor.
+"""Every shipped config gives the golden numbers: no change moves them by accident.
 
 tests/golden/shipped.json holds the metric log of each shipped config, shrunk to a
-few steps and trained one run per vmap group (tests/shipped.py), as commit a21e3cc
-computed it (tests/golden/make_golden.py with that commit's grokjax on PYTHONPATH),
-and the fingerprint of the machine that computed it (``grokjax.machine``: jax and
-jaxlib, backend, device kind and, on CPU, the processor and the ISA XLA targets).
+few steps and trained one run per vmap group (tests/shipped.py), as
+tests/golden/make_golden.py computed it (regenerated only on purpose: its docstring
+says how and when it last was), and the fingerprint of the machine that computed it
+(``grokjax.machine``: jax and jaxlib, backend, device kind and, on CPU, the processor
+and the ISA XLA targets).
 
 On that machine the numbers must match bit for bit. Elsewhere (another jax, another
 CPU: XLA compiles for the host's instruction set, so an Intel AVX-512 server gives other

@@ -56,7 +56,7 @@ def test_seed_1_equals_itself_alone_and_on_4_devices(tmp_path):
   pipe = subprocess.PIPE
   four = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=env)
   try:
-    assert sweep.vmap_group(_quick((0,)), 128) == 1  # CPU's default: the exact layout
+    assert sweep.vmap_group(_quick((0,))) == 1  # CPU's default: the exact layout
     three = sweep.run_sweep(_quick((0, 1, 2)), tmp_path / "three", progress=False)
     alone = sweep.run_sweep(_quick((1,)), tmp_path / "alone", progress=False)
     out, err = four.communicate(timeout=600)

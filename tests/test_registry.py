@@ -107,7 +107,8 @@ def test_a_user_method_is_one_declaration(scratch, tiny, tmp_path):
     sweep.build(tiny(**{"sweep.scale": (0.0,)}))
   s = sweep.build(cfg)
   assert [r["scale"] for r in s.runs] == [1.0, 1.0, 0.5, 0.5]
-  assert len(s.programs) == 1  # per-run: one program for the baseline and the method
+  assert len(s.programs) == 2  # the baseline's program does not carry the method
+  assert [len(p.static.methods) for p in s.programs] == [0, 1]
   workdir = sweep.run_sweep(cfg, tmp_path / "w", progress=False)
   assert [r["scale"] for r in json.loads((workdir / "runs.json").read_text())] == [1, 1, 0.5, 0.5]
   # Halving every gradient is Adam-invariant (up to epsilon): the same curves.
@@ -116,37 +117,50 @@ def test_a_user_method_is_one_declaration(scratch, tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_separate_and_static_settings_train_in_programs_of_their_own(tiny, tmp_path, caplog):
+def test_each_set_of_methods_and_static_settings_trains_in_a_program_of_its_own(
+  tiny, tmp_path, caplog
+):
   cfg = tiny(
     **{
       "sweep.train_fracs": (0.5,),
       "sweep.seeds": (0,),
       "sweep.grokfast_ma_lamb": (0.0, 5.0),
-      "sweep.grokfast_lamb": (0.0, 2.0),
-      "sweep.width": (32, 16),
+      "sweep.grokfast_lamb": (0.0, 2.0, 3.0),
       "method.grokfast_window": 7,
     }
   )
   s = sweep.build(cfg)
-  key = lambda k: (s.runs[k]["grokfast_ma_lamb"] > 0, s.runs[k]["width"])
-  assert len(s.programs) == 4 and len(s.runs) == 8
+  uses = lambda k: (s.runs[k]["grokfast_ma_lamb"] > 0, s.runs[k]["grokfast_lamb"] > 0)
+  assert len(s.programs) == 4 and len(s.runs) == 6
   for prog in s.programs:
-    assert len({key(k) for k in prog.runs}) == 1  # EMA's lamb is per-run: no split
-    assert len({s.runs[k]["grokfast_lamb"] for k in prog.runs}) == 2
+    (used,) = {uses(k) for k in prog.runs}
+    assert [m.name for m in prog.static.methods] == [
+      n for n, on in zip(("grokfast_ema", "grokfast_ma"), used[::-1]) if on
+    ]
+  # EMA's strengths 2 and 3 (per-run) share a program: one run each
+  assert sorted(len(p.runs) for p in s.programs) == [1, 1, 2, 2]
   table, runs = sweep.device_inputs(s)
   for prog, r, (init, _) in zip(s.programs, runs, sweep.sweep_fns(s)):
     leaves = [x.shape for x in jax.tree.leaves(jax.eval_shape(init, table, r).opt_state)]
-    window = (2, 7, s.runs[prog.runs[0]]["width"], s.runs[prog.runs[0]]["width"] * 4)
-    # Grokfast-MA's window of gradients exists only where its runs are.
-    assert (window in leaves) == key(prog.runs[0])[0]
+    params = jax.tree.leaves(jax.eval_shape(init, table, r).params)
+    window = (len(r.seed), 7, *params[0].shape[1:])
+    # Grokfast-MA's window of gradients exists only where its runs are, and a program
+    # without a method holds AdamW's state alone: two moments per parameter (EMA: one
+    # more; MA: the window, its sum and the gradient leaving it).
+    ma, ema = uses(prog.runs[0])
+    assert (window in leaves) == ma
+    size = lambda shapes: sum(np.prod(x) for x in shapes)
+    copies = size(leaves) / size(x.shape for x in params)  # of the parameters, and counters
+    want = 2 + ema + (7 + 2) * ma
+    assert want <= copies < want + 0.01, copies
   with jax.log_compiles(), caplog.at_level("WARNING", logger="jax"):
     sweep.run_sweep(cfg, tmp_path / "w", progress=False)
   compiled = [
     r for r in caplog.records if r.getMessage().startswith("Finished XLA compilation of jit(chunk)")
   ]
-  assert len(compiled) == 4  # one compiled program per static signature
+  assert len(compiled) == 4  # one compiled program per set of methods
   records = logs.read_metrics(tmp_path / "w" / "metrics.msgpack")
-  assert all(len(r["val_acc"]) == 8 and np.isfinite(r["val_acc"]).all() for r in records)
+  assert all(len(r["val_acc"]) == 6 and np.isfinite(r["val_acc"]).all() for r in records)
 
 
 @pytest.mark.slow

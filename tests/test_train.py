@@ -49,7 +49,7 @@ def test_runs_in_groups_equal_runs_all_vmapped(tiny):
   # 4 runs in groups of 3 (lax.map over one group of 3, then the remainder of 1).
   s, prog, table = _setup(tiny(vmap_group=3))
   runs = sweep.run_arrays(s, prog)
-  assert sweep.vmap_group(s.cfg, prog.static.batch) == 3
+  assert sweep.vmap_group(s.cfg) == 3
   init, grouped = sweep.sweep_fns(s)[0]
   _, together = train.make_sweep_fns(prog.static, None, None)
   a, metrics_a = grouped(table, runs, init(table, runs), 25)

@@ -1,15 +1,19 @@
 """Writes tests/golden/shipped.json: the metric log of every shipped config, shrunk
 to a few steps and one run per vmap group (tests/shipped.py), as the training code that
-``grokjax`` imports computes it: to keep the golden the old code's, put that commit's
-checkout first on PYTHONPATH (this file and shipped.py stay today's).
+``grokjax`` imports computes it, with the fingerprint of the machine it ran on
+(grokjax/machine.py, loaded from this checkout); test_golden.py compares today's numbers
+with it bit for bit on that machine, to float32 rounding elsewhere.
 
-  git worktree add -f /tmp/old a21e3cc
-  cd /tmp && PYTHONPATH=/tmp/old python /path/to/tests/golden/make_golden.py [CASE ...]
-                                   # CASEs: only those, merged into the file
+Regenerate it deliberately, when a change moves the numbers on purpose, and say so in
+the commit with the largest change (compare with ``git show HEAD:tests/golden/shipped.json``):
 
-It records the fingerprint of the machine it ran on (grokjax/machine.py, loaded from
-this checkout: the old commit has none); test_golden.py compares today's numbers with
-it bit for bit on that machine, to float32 rounding elsewhere.
+  python tests/golden/make_golden.py           # every case
+  python tests/golden/make_golden.py CASE ...  # only those, merged (on the same machine)
+
+Last regenerated when a program stopped carrying methods its runs do not use
+(checkpoint format 2): every number within 2e-7 relative of the commit before.
+To compute the golden with an older commit's code, put its checkout first on
+PYTHONPATH (this file and shipped.py stay today's).
 """
 
 import json
