@@ -1,6 +1,7 @@
 """grokjax.registry: one declaration per method, optimizer, loss, model and measure,
 and everything derived from it (config, validation, sweep axes, runs.json, programs)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -89,6 +90,14 @@ def test_register_refuses_clashes(scratch):
   with pytest.raises(TypeError, match="cannot register"):
     scratch.register(object())
   scratch.register(Method("orthograd"), replace=True)  # allowed when asked for
+
+
+def test_the_old_separate_flag_is_named_and_dropped():
+  with pytest.warns(FutureWarning, match="separate= is no longer needed") as caught:
+    m = Method("mine", separate=True)
+  assert len(caught) == 1 and "\n" not in str(caught[0].message)
+  # not a field: every method's runs train in a program of their own
+  assert "separate" not in {f.name for f in dataclasses.fields(m)}
 
 
 @pytest.mark.slow
