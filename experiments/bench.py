@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from grokjax import checkpoint, cli, machine, report, sweep
+from grokjax import checkpoint, cli, layout, machine, report, sweep
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +166,7 @@ def bench_grokjax(cfg, steps: int, emit=lambda **kw: None) -> dict:
   row = dict(
     framework="grokjax",
     k=k,
-    vmap_group=sweep.vmap_group(cfg) or k,
+    vmap_group=layout.vmap_group(cfg) or k,
     padded_k=int(runs.seed.shape[0]),
     compute_dtype=cfg.compute_dtype,
     run_steps_per_s=rate,
@@ -307,7 +307,7 @@ def invariance_check() -> None:
       states, _ = chunk(table, runs, init(table, runs), steps)
       k = seeds.index(1)
       leaves.append([np.asarray(x)[k] for x in jax.tree.leaves(states.params)])
-    g_used = sweep.vmap_group(s.cfg)
+    g_used = layout.vmap_group(s.cfg)
     same = all(np.array_equal(a, b) for a, b in zip(*leaves))
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*leaves))
     print(

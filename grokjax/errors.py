@@ -23,3 +23,15 @@ def disk_full(e: BaseException) -> bool:
       return True
     e = e.__cause__ or e.__context__
   return False
+
+
+def moved(module: str, names: dict[str, str]):
+  """A module ``__getattr__`` that names the new home of each of ``names`` (old name ->
+  new dotted name) in a one-line AttributeError, e.g. after a function moved."""
+
+  def __getattr__(name: str):
+    if name in names:
+      raise AttributeError(f"{module}.{name} has moved: use {names[name]}")
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+  return __getattr__

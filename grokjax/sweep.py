@@ -20,13 +20,13 @@ from pathlib import Path
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from grokjax import checkpoint, data, integrations, lock, logs, registry, train
+from grokjax import checkpoint, data, integrations, layout, lock, logs, registry, train
 from grokjax import config as config_lib
-from grokjax.errors import Interrupted, UserError, disk_full
+from grokjax.errors import Interrupted, UserError, disk_full, moved
 from grokjax.model import make_model
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def run_arrays(sweep: Sweep, prog: Program, multiple: int = 1) -> train.Run:
   multiple of ``multiple`` (``device_inputs``: whole vmap groups on every device).
   Each run gets the rows of its operation, padded to the largest operation's count."""
   k = len(prog.runs)
-  idx = prog.runs[np.minimum(np.arange(-(-k // multiple) * multiple), k - 1)]
+  idx = prog.runs[layout.pad_index(k, layout.padded_runs(k, multiple))]
   own = sweep.train_masks[idx] | sweep.val_masks[idx]  # [K', N]
   m = int(own.sum(1).max())
   # Stable sort puts each run's own rows first, in table order.
@@ -210,20 +210,15 @@ def run_arrays(sweep: Sweep, prog: Program, multiple: int = 1) -> train.Run:
   )
 
 
-def mesh() -> jax.sharding.Mesh:
-  """Every device of every process on one axis, ``runs``: the run axis is split over it."""
-  return jax.make_mesh((jax.device_count(),), ("runs",), axis_types=(AxisType.Auto,))
-
-
 def device_inputs(sweep: Sweep, padding=None) -> tuple[data.Table, list[train.Run]]:
   """The table (replicated) and each program's runs, split over every device on the
   run axis and padded so that each device holds whole vmap groups
-  (``train.padded_runs``), or to a multiple of ``padding[i]`` runs."""
-  m = mesh()
+  (``layout.padded_runs``), or to a multiple of ``padding[i]`` runs."""
+  m = layout.mesh()
   runs = []
   for i, prog in enumerate(sweep.programs):
-    group = vmap_group(sweep.cfg)
-    multiple = padding[i] if padding else train.padded_runs(1, group, jax.device_count())
+    group = layout.vmap_group(sweep.cfg)
+    multiple = padding[i] if padding else layout.padded_runs(1, group, jax.device_count())
     runs.append(jax.device_put(run_arrays(sweep, prog, multiple), NamedSharding(m, P("runs"))))
   return jax.device_put(sweep.table, NamedSharding(m, P())), runs
 
@@ -240,12 +235,12 @@ def abstract_states(static: train.Static, table, runs, k: int | None = None, sha
 
 
 def sweep_fns(sweep: Sweep) -> list[tuple]:
-  """Per program, the jitted (init, chunk) of ``train.make_sweep_fns``: groups of
-  ``vmap_group`` runs, the run axis split over every device."""
+  """Per program, the jitted (init, chunk) of ``layout.make_sweep_fns``: groups of
+  ``layout.vmap_group`` runs, the run axis split over every device."""
   cfg = sweep.cfg
   precision = None if cfg.matmul_precision == "default" else cfg.matmul_precision
-  m = mesh()
-  return [train.make_sweep_fns(p.static, precision, vmap_group(cfg), m) for p in sweep.programs]
+  group, m = layout.vmap_group(cfg), layout.mesh()
+  return [layout.make_sweep_fns(p.static, precision, group, m) for p in sweep.programs]
 
 
 def _saved_padding(sweep: Sweep, meta: dict) -> list[int]:
@@ -289,24 +284,11 @@ def restore(sweep: Sweep, mngr, table, runs, step: int | None = None):
   out = []
   for prog, r, n, state in zip(sweep.programs, runs, saved, states):
     if n != r.seed.shape[0]:
-      idx = np.minimum(np.arange(r.seed.shape[0]), len(prog.runs) - 1)
+      idx = layout.pad_index(len(prog.runs), r.seed.shape[0])
       take = lambda s, idx=idx: jax.tree.map(lambda x: x[idx], s)
       state = jax.jit(take, out_shardings=r.seed.sharding)(state)
     out.append(state)
   return out, meta
-
-
-def vmap_group(cfg) -> int | None:
-  """Runs vmapped together: every run is computed in a group of exactly this many
-  (``train.make_sweep_fns``), so its numbers do not depend on the other runs, their
-  number or the device count; None: all of a device's runs in one vmap (the program
-  then changes with K). ``config.vmap_group`` if > 0; else, on an accelerator, None
-  (one vmap is where batching pays: docs/performance.md says what exactness costs
-  there); on CPU 1: one run at a time already keeps the cores busy, and a fixed group
-  would compute padding runs for a K it does not divide (docs/performance.md)."""
-  if cfg.vmap_group:
-    return cfg.vmap_group
-  return 1 if jax.default_backend() == "cpu" else None
 
 
 def default_workdir(cfg) -> Path:
@@ -616,7 +598,7 @@ def _check_budget(sweep: Sweep) -> None:
     shapes = jax.eval_shape(lambda t, r, s=prog.static: train.init_state(s, t, r), sweep.table, run)
     state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes.params))
-    per_device = train.padded_runs(len(prog.runs), vmap_group(cfg), d) // d
+    per_device = layout.padded_runs(len(prog.runs), layout.vmap_group(cfg), d) // d
     need += per_device * (state + params)  # + the gradients
   limit, what = _memory_limit()
   if need > limit:
@@ -782,3 +764,6 @@ def _train_from(sweep, workdir, primary, trackers, progress, table, runs, fns, m
     bar.close()
     if writer:
       writer.close()
+
+
+__getattr__ = moved("grokjax.sweep", {n: f"grokjax.layout.{n}" for n in ("mesh", "vmap_group")})

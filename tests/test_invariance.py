@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from grokjax import logs, rundir, sweep, train
+from grokjax import layout, logs, rundir, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def test_seed_1_equals_itself_alone_and_on_4_devices(tmp_path):
   pipe = subprocess.PIPE
   four = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=env)
   try:
-    assert sweep.vmap_group(_quick((0,))) == 1  # CPU's default: the exact layout
+    assert layout.vmap_group(_quick((0,))) == 1  # CPU's default: the exact layout
     three = sweep.run_sweep(_quick((0, 1, 2)), tmp_path / "three", progress=False)
     alone = sweep.run_sweep(_quick((1,)), tmp_path / "alone", progress=False)
     out, err = four.communicate(timeout=600)
@@ -88,7 +88,7 @@ def test_position_in_a_group_and_padding_change_no_bit(tiny):
   s = sweep.build(tiny(**{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)}))
   prog = s.programs[0]
   runs = sweep.run_arrays(s, prog)
-  init, chunk = train.make_sweep_fns(prog.static, None, 2)
+  init, chunk = layout.make_sweep_fns(prog.static, None, 2)
   got = {}
   for order in ([0, 1, 2], [2, 1, 0], [1]):
     sub = jax.tree.map(lambda x, o=order: x[np.asarray(o)], runs)

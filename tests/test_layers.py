@@ -1,10 +1,14 @@
 """The library's layers: every module imports only modules of lower layers (at any
 depth of the file, function-level imports included), and none uses another's
 private names. So the import graph has no circle and no upward edge, and training
-(sweep, layer 5) cannot reach reporting (plots, interp, report)."""
+(sweep, layer 6) cannot reach reporting (plots, interp, report)."""
 
 import ast
 from pathlib import Path
+
+import pytest
+
+from grokjax import layout, sweep, train
 
 PACKAGE = Path(__file__).resolve().parent.parent / "grokjax"
 # Lower numbers first; a module may import modules of strictly lower layers.
@@ -27,11 +31,12 @@ LAYERS = {
   "papers": 3,
   "config": 4,
   "train": 4,
-  "sweep": 5,
-  "rundir": 6,
-  "interp": 7,
-  "plots": 8,
-  "report": 9,
+  "layout": 5,
+  "sweep": 6,
+  "rundir": 7,
+  "interp": 8,
+  "plots": 9,
+  "report": 10,
 }
 
 
@@ -78,3 +83,12 @@ def test_imports_go_down_only_and_never_to_private_names():
       ):
         problems.append(f"{path.stem} uses {aliases[node.value.id]}.{node.attr}")
   assert not problems, "\n".join(problems)
+
+
+def test_a_moved_name_says_where_it_went():
+  for module, name in ((train, "make_sweep_fns"), (train, "padded_runs"), (sweep, "vmap_group")):
+    with pytest.raises(AttributeError, match=f"has moved: use grokjax.layout.{name}$"):
+      getattr(module, name)
+    assert callable(getattr(layout, name))
+  with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+    train.nothing  # noqa: B018

@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     states, metrics = chunk(table, runs, init(table, runs), 3)
     leaf = jax.tree.leaves(states.params)[0]
     # The fast layout (an accelerator's default): one partitioned program, a vmap per device.
-    f_init, f_chunk = train.make_sweep_fns(s.programs[0].static, None, None, sweep.mesh())
+    f_init, f_chunk = layout.make_sweep_fns(s.programs[0].static, None, None, layout.mesh())
     fast, fast_metrics = f_chunk(table, runs, f_init(table, runs), 3)
     pairs = zip(jax.tree.leaves((states, metrics)), jax.tree.leaves((fast, fast_metrics)))
     err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs)

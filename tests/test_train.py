@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from grokjax import config, optim, registry, sweep, train
+from grokjax import config, layout, optim, registry, sweep, train
 
 
 def _setup(cfg):
@@ -49,9 +49,9 @@ def test_runs_in_groups_equal_runs_all_vmapped(tiny):
   # 4 runs in groups of 3 (lax.map over one group of 3, then the remainder of 1).
   s, prog, table = _setup(tiny(vmap_group=3))
   runs = sweep.run_arrays(s, prog)
-  assert sweep.vmap_group(s.cfg) == 3
+  assert layout.vmap_group(s.cfg) == 3
   init, grouped = sweep.sweep_fns(s)[0]
-  _, together = train.make_sweep_fns(prog.static, None, None)
+  _, together = layout.make_sweep_fns(prog.static, None, None)
   a, metrics_a = grouped(table, runs, init(table, runs), 25)
   b, metrics_b = together(table, runs, init(table, runs), 25)
   for x, y in zip(jax.tree.leaves((a, metrics_a)), jax.tree.leaves((b, metrics_b)), strict=True):
@@ -100,7 +100,7 @@ def test_the_chunk_carries_each_runs_epoch_order(tiny):
   )
   runs = sweep.run_arrays(s, prog)
   assert [s.steps_per_epoch(k) for k in range(2)] == [3, 4]
-  init, chunk = train.make_sweep_fns(prog.static, None, 2)
+  init, chunk = layout.make_sweep_fns(prog.static, None, 2)
   states, _ = chunk(table, runs, init(table, runs), 2)
   step = jax.jit(jax.vmap(lambda r, st: train.train_step(prog.static, table, r, st)))
   want = states
