@@ -150,7 +150,7 @@ def nanda(cpu: bool):
   on x + y mod 113, 30% of the table, full batch, AdamW lr 1e-3, weight decay 1, betas
   (0.9, 0.98), warmup 10, the loss in float64, 50k steps (their 50k full-batch epochs), a
   checkpoint every 500 (theirs: 100) and the progress measures at each. Twin: p = 59, 12k
-  steps, 1 seed (about 3 CPU-minutes)."""
+  steps, 1 seed (a few CPU-minutes)."""
   cfg = _base("nanda", "add", 113, 50_000, 0.3)
   cfg.model.name, cfg.model.width, cfg.model.num_heads = "nanda", 128, 4
   cfg.batch_frac, cfg.batch_size = 1.0, 12769  # full batch
