@@ -1,8 +1,36 @@
 """Shared fixtures: a tiny config that trains in seconds on CPU."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One XLA compilation cache for the whole test session: its workers (pytest-xdist
+# starts them with this environment) and every script a test runs in a subprocess.
+# Many tests train the same tiny programs; each is compiled once. A cached program is
+# the compiled program itself: the numbers are the same bits. A size limit makes JAX
+# read and write entries under a file lock (filelock), so that no process reads an
+# entry another is writing.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="grokjax-tests-xla-")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+_CACHE_VARS = (
+  "JAX_COMPILATION_CACHE_DIR",
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+  "JAX_COMPILATION_CACHE_MAX_SIZE",
+)
+
+
+def uncached_env(**extra) -> dict:
+  """The environment for a script a test kills at a random moment: without the shared
+  compilation cache, which JAX writes in place (a kill mid-write would leave a torn
+  entry that every later reader warns about)."""
+  env = {k: v for k, v in os.environ.items() if k not in _CACHE_VARS}
+  return {**env, **extra}
+
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
