@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from tiny_config import get_config
     import numpy as np
-    from grokjax import sweep, train
+    from grokjax import layout, sweep
     cfg = get_config()
     cfg.sweep.seeds, cfg.sweep.train_fracs = (0, 1, 2), (0.5,)  # 3 runs on 4 devices
     s = sweep.build(cfg)
