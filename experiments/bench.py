@@ -4,14 +4,13 @@
   python experiments/bench.py --setups=paper --ks=1,256 --steps=2000
   python experiments/bench.py --quick              # seconds; what the tests run
   python experiments/bench.py --checkpoint_k=32    # Orbax save time and size per run
-  python experiments/bench.py --precision_check    # the quick demo's grokking step per precision
   python experiments/bench.py --setups=paper --ks=256 --compute_dtype=bfloat16 --vmap_group=32
-  python experiments/bench.py --invariance_check   # seed 1 alone = seed 1 of 3, bit for bit?
 
 Each (setup, K) is measured in a child process of its own (fresh device memory, a fresh
 compile cache) under a time limit (--k_timeout_s): a K that runs past it gives a row saying
 "timed out after N s" and the bench moves on. Every row is printed as soon as it is measured
-and the rows so far are rewritten to the JSON file (--out) after each one.
+and the rows so far are rewritten to the JSON file (--out) after each one. The numerics
+checks (precision, invariance) are experiments/numerics.py.
 """
 
 import importlib.util
@@ -25,10 +24,9 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from absl import flags
 
-from grokjax import checkpoint, cli, layout, machine, report, sweep
+from grokjax import checkpoint, cli, devices, layout, machine, plan
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,37 +61,13 @@ _VMAP_GROUP = flags.DEFINE_integer(
   "vmap_group",
   0,
   "config.vmap_group to time: G > 0 is the exact layout (groups of G runs); 0 the default "
-  "(exact on CPU, one vmap of all runs on an accelerator). With --invariance_check: the G "
-  "of its exact mode (default 8).",
-)
-_PRECISION_CHECK = flags.DEFINE_bool(
-  "precision_check",
-  False,
-  "Only train the quick demo at each numeric setting (--check_settings) and print its steps "
-  "to 99% train and val accuracy beside the first setting's seed spread: does the grokking "
-  "step move with TF32 or bfloat16?",
-)
-_CHECK_SETTINGS = flags.DEFINE_list(
-  "check_settings",
-  None,
-  "Settings of --precision_check, the first the reference: matmul precisions (default, high, "
-  "highest) and bfloat16 (config.compute_dtype, default precision). Default: highest,bfloat16 "
-  "on CPU (where the three precisions are the same float32 math), highest,default,bfloat16 "
-  "on an accelerator.",
-)
-_CHECK_SEEDS = flags.DEFINE_integer("check_seeds", 3, "Seeds of --precision_check.")
-_INVARIANCE_CHECK = flags.DEFINE_bool(
-  "invariance_check",
-  False,
-  "Only train seed 1 of the quick demo in a 3-seed program and alone, in the exact layout "
-  "(--vmap_group, default 8) and the default one, and print whether its parameters agree "
-  "bit for bit.",
+  "(exact on CPU, one vmap of all runs on an accelerator).",
 )
 _QUICK = flags.DEFINE_bool(
   "quick",
   False,
   "Tiny settings for a smoke test: 20 steps, eval every 10, K = 1,2 of the quick setup "
-  "(--setups and --ks still apply when given); with --precision_check, 40 steps.",
+  "(--setups and --ks still apply when given).",
 )
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the rows as JSON (after each row).")
 _K_TIMEOUT_S = flags.DEFINE_float(
@@ -136,7 +110,7 @@ def setup_config(name: str, k: int, eval_every: int):
   return cfg
 
 
-def flops_per_run_step(s: sweep.Sweep) -> float:
+def flops_per_run_step(s: plan.Sweep) -> float:
   """6 x parameters x tokens of a batch: the usual training-FLOP estimate."""
   params = s.model(0).init(jax.random.key(0), s.table.inputs[:1])["params"]
   n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -144,10 +118,10 @@ def flops_per_run_step(s: sweep.Sweep) -> float:
 
 
 def bench_grokjax(cfg, steps: int, emit=lambda **kw: None) -> dict:
-  s = sweep.build(cfg)
+  s = plan.build(cfg)
   k = len(s.runs)
-  table, (runs,) = sweep.device_inputs(s)  # one program: the runs differ in seeds only
-  ((init, chunk),) = sweep.sweep_fns(s)
+  table, (runs,) = devices.device_inputs(s)  # one program: the runs differ in seeds only
+  ((init, chunk),) = devices.sweep_fns(s)
   states = init(table, runs)
   start = time.perf_counter()
   compiled = chunk.lower(table, runs, states, cfg.eval_every).compile()
@@ -192,7 +166,7 @@ def bench_torch(cfg, steps: int) -> dict | None:
     import torch_reference
   except ImportError:
     return None
-  s = sweep.build(cfg)
+  s = plan.build(cfg)
   device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
   rate = torch_reference.steps_per_second(s.table, s.train_masks[0], s.cfg, steps, device)
   return dict(framework="pytorch", k=1, run_steps_per_s=rate)
@@ -200,9 +174,9 @@ def bench_torch(cfg, steps: int) -> dict | None:
 
 def bench_checkpoint(k: int) -> None:
   """Save time and on-disk size per run of the batched state of k paper-model runs."""
-  s = sweep.build(setup_config("paper", k, 100))
-  table, (runs,) = sweep.device_inputs(s)  # one program: the runs differ in seeds only
-  ((init, chunk),) = sweep.sweep_fns(s)
+  s = plan.build(setup_config("paper", k, 100))
+  table, (runs,) = devices.device_inputs(s)  # one program: the runs differ in seeds only
+  ((init, chunk),) = devices.sweep_fns(s)
   states, _ = chunk(table, runs, init(table, runs), 10)  # Adam moments are zero at init
   jax.block_until_ready(states)
   with tempfile.TemporaryDirectory() as tmp:
@@ -222,101 +196,6 @@ def bench_checkpoint(k: int) -> None:
   )
 
 
-SETTINGS = {  # --precision_check: name -> config values
-  "default": dict(matmul_precision="default"),
-  "high": dict(matmul_precision="high"),
-  "highest": dict(matmul_precision="highest"),
-  "bfloat16": dict(matmul_precision="default", compute_dtype="bfloat16"),
-}
-
-
-def precision_check() -> None:
-  """Steps to 99% of the quick demo under each numeric setting, beside the seed spread
-  of the first (the reference): on CPU the three matmul precisions are the same
-  float32 math; on NVIDIA GPUs "default" is TF32; "bfloat16" is config.compute_dtype."""
-  steps = 40 if _QUICK.value else None
-  accelerator = jax.default_backend() != "cpu"
-  settings = _CHECK_SETTINGS.value or (
-    ["highest", "default", "bfloat16"] if accelerator else ["highest", "bfloat16"]
-  )
-  unknown = [s for s in settings if s not in SETTINGS]
-  if unknown:
-    raise UserError(f"--check_settings: unknown {unknown}; choose from {', '.join(SETTINGS)}")
-  seeds = tuple(range(_CHECK_SEEDS.value))
-  print(
-    f"# {jax.local_devices()[0].device_kind}: configs/quick.py, {len(seeds)} seeds"
-    + (f", {steps} steps (--quick)" if steps else "")
-  )
-  ref = None
-  for name in settings:
-    cfg = load_setup("quick")
-    cfg.sweep.seeds = seeds
-    for key, value in SETTINGS[name].items():
-      cfg[key] = value
-    if steps:
-      cfg.steps, cfg.eval_points, cfg.checkpoint_every = steps, 10, steps
-    with tempfile.TemporaryDirectory() as tmp:
-      start = time.perf_counter()
-      workdir = sweep.run_sweep(cfg, Path(tmp) / "quick", progress=False)
-      elapsed = time.perf_counter() - start
-      report.report(workdir)
-      summary = json.loads((workdir / "summary.json").read_text())
-    got = {key: [r.get(key) for r in summary] for key in ("train_step", "val_step")}
-    final = [round(r["final_val_acc"], 3) for r in summary]
-    verdict = ""
-    if ref is None:
-      ref = got
-    else:
-      verdict = "; " + ", ".join(_within(key, got[key], ref[key]) for key in got)
-    print(
-      f"{name:>8}: steps to 99% train {got['train_step']}, val {got['val_step']}; "
-      f"final val acc {final}; {elapsed:.0f} s{verdict}",
-      flush=True,
-    )
-
-
-def _within(key: str, values: list, ref: list) -> str:
-  """Whether the median of ``values`` lies in the seed range of the reference ``ref``."""
-  if None in values or None in ref:
-    same = [v is None for v in values] == [r is None for r in ref]
-    return f"{key}: {'as' if same else 'NOT as'} the reference (some seeds never reach 99%)"
-  lo, hi, mid = min(ref), max(ref), sorted(values)[len(values) // 2]
-  inside = "within" if lo <= mid <= hi else "OUTSIDE"
-  return f"{key}: median {mid} {inside} the reference's seed range [{lo}, {hi}]"
-
-
-def invariance_check() -> None:
-  """Seed 1 of the quick demo trained with seeds 0, 1, 2 and alone: bit for bit the
-  same parameters in the exact layout (groups of --vmap_group runs); and in the
-  default one (on an accelerator: one vmap of all runs, which changes with K)."""
-  group = _VMAP_GROUP.value or 8
-  steps = 20 if _QUICK.value else 200
-  print(
-    f"# {jax.local_devices()[0].device_kind} x{jax.device_count()}: configs/quick.py, seed 1 "
-    f"of 3 vs alone, {steps} steps",
-    flush=True,
-  )
-  for mode, g in (("exact", group), ("default", 0)):
-    leaves = []
-    for seeds in ((0, 1, 2), (1,)):
-      cfg = load_setup("quick")
-      cfg.sweep.seeds, cfg.vmap_group, cfg.matmul_precision = seeds, g, _PRECISION.value
-      s = sweep.build(cfg)
-      table, (runs,) = sweep.device_inputs(s)
-      ((init, chunk),) = sweep.sweep_fns(s)
-      states, _ = chunk(table, runs, init(table, runs), steps)
-      k = seeds.index(1)
-      leaves.append([np.asarray(x)[k] for x in jax.tree.leaves(states.params)])
-    g_used = layout.vmap_group(s.cfg)
-    same = all(np.array_equal(a, b) for a, b in zip(*leaves))
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*leaves))
-    print(
-      f"{mode:>8} (vmap group {g_used or 'all'}): "
-      + ("bit-identical" if same else f"DIFFERENT, max |delta param| {diff:.3g}"),
-      flush=True,
-    )
-
-
 def _cell(row: dict, key: str, spec: str) -> str:
   return format(row[key], spec) if row.get(key) is not None else "-"
 
@@ -331,10 +210,6 @@ def main(argv):
     return _measure(json.loads(_MEASURE.value))
   if _CHECKPOINT_K.value > 0:
     return bench_checkpoint(_CHECKPOINT_K.value)
-  if _PRECISION_CHECK.value:
-    return precision_check()
-  if _INVARIANCE_CHECK.value:
-    return invariance_check()
   ks_given = _check_args()
   device = _run_child(["--_probe"], _K_TIMEOUT_S.value)
   if "error" in device:

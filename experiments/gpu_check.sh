@@ -13,8 +13,8 @@
 # else from the package index; into a folder put on PYTHONPATH; (1) nvidia-smi -L and
 # jax.devices(); (a) bench.py, paper setup, K = 1, 256 (the default layout: one vmap);
 # (b) the same, K = 256, compute_dtype=bfloat16; (c) the same, K = 256, the exact
-# layout (vmap_group=32); (d) bench.py --invariance_check (seed 1 alone = seed 1 of 3,
-# bit for bit?); (e) bench.py --precision_check (float32 highest vs bfloat16); (f) a
+# layout (vmap_group=32); (d) numerics.py --check=invariance (seed 1 alone = seed 1 of 3,
+# bit for bit?); (e) numerics.py --check=precision (float32 highest vs bfloat16); (f) a
 # timed 10,000-step sweep of configs/div.py (27 runs); (g) bench.py, quick setup, K = 256.
 #
 # Environment: OUT_DIR (default ${OUT:-/tmp/gpu_check}) gets bench_paper.json,
@@ -22,7 +22,8 @@
 # (default python3); GPU_CHECK_BUDGET_S (default 470; 1500 with --dry-run) bounds the
 # whole script: a step gets at most what is left of it. GPU_CHECK_SETUP (with --dry-run
 # only): the setup of every bench row (quick, paper or a config file; default paper for (a),
-# quick for the others), e.g. tests/tiny_config.py: the steps in seconds, not minutes.
+# quick for the others) and, if a config file, of the numerics checks (d) and (e), e.g.
+# tests/tiny_config.py: the steps in seconds, not minutes.
 
 set -u
 cd "$(dirname "$0")/.."
@@ -131,8 +132,10 @@ if [[ $QUICK == 1 ]]; then
   PAPER_ARGS=(--quick --setups="$PAPER_SETUP" --ks=1 --k_timeout_s=240)
   BF16_ARGS=(--quick --setups="$QUICK_SETUP" --ks=1 --compute_dtype=bfloat16 --k_timeout_s=240)
   EXACT_ARGS=(--quick --setups="$QUICK_SETUP" --ks=3 --vmap_group=2 --k_timeout_s=240)
-  INV_ARGS=(--invariance_check --quick --vmap_group=2)
-  PREC_ARGS=(--precision_check --quick --check_settings=highest,bfloat16)
+  NUM_SETUP=configs/quick.py
+  [[ ${GPU_CHECK_SETUP:-} == *.py ]] && NUM_SETUP=$GPU_CHECK_SETUP
+  INV_ARGS=(--check=invariance --quick --vmap_group=2 --setup="$NUM_SETUP")
+  PREC_ARGS=(--check=precision --quick --settings=highest,bfloat16 --setup="$NUM_SETUP")
   DIV_ARGS=(--config.steps=20 --config.p=7 --config.sweep.seeds=0 --config.sweep.train_fracs=0.5
     --config.model.num_layers=1 --config.model.width=32)
   QUICK_ARGS=(--quick --setups="$QUICK_SETUP" --ks=2 --k_timeout_s=240)
@@ -144,8 +147,8 @@ else
   PAPER_ARGS=(--setups=paper --ks=1,256 --steps=500 --k_timeout_s=100)
   BF16_ARGS=(--setups=paper --ks=256 --steps=500 --compute_dtype=bfloat16 --k_timeout_s=60)
   EXACT_ARGS=(--setups=paper --ks=256 --steps=500 --vmap_group=32 --k_timeout_s=60)
-  INV_ARGS=(--invariance_check --vmap_group=32)
-  PREC_ARGS=(--precision_check --check_settings=highest,bfloat16)
+  INV_ARGS=(--check=invariance --vmap_group=32)
+  PREC_ARGS=(--check=precision --settings=highest,bfloat16)
   DIV_ARGS=(--config.steps=10000)
   QUICK_ARGS=(--setups=quick --ks=256 --steps=500 --k_timeout_s=50)
   T_DEPS=60 T_DEV=40 T_A=110 T_BF16=65 T_EXACT=65 T_INV=70 T_C=90 T_D=90 T_B=55
@@ -157,8 +160,8 @@ step device "$T_DEV" show_device
 step bench_paper "$T_A" "${BENCH[@]}" "${PAPER_ARGS[@]}" --torch=false --out="$OUT_DIR/bench_paper.json"
 step bench_bf16 "$T_BF16" "${BENCH[@]}" "${BF16_ARGS[@]}" --torch=false --out="$OUT_DIR/bench_bf16.json"
 step bench_exact "$T_EXACT" "${BENCH[@]}" "${EXACT_ARGS[@]}" --torch=false --out="$OUT_DIR/bench_exact.json"
-step invariance_check "$T_INV" "${BENCH[@]}" "${INV_ARGS[@]}"
-step precision_check "$T_C" "${BENCH[@]}" "${PREC_ARGS[@]}"
+step invariance_check "$T_INV" "$PY" experiments/numerics.py "${INV_ARGS[@]}"
+step precision_check "$T_C" "$PY" experiments/numerics.py "${PREC_ARGS[@]}"
 DIV_T0=$(now)
 if step div_sweep "$T_D" "$PY" experiments/sweep.py --config configs/div.py "${DIV_ARGS[@]}" --workdir="$TMP/div"; then
   DIV_S=$(since "$DIV_T0")

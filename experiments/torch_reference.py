@@ -47,7 +47,7 @@ class Transformer(nn.Module):
 
 
 def batch_size(cfg, n_train: int) -> int:
-  """grokjax's batch of a run (grokjax.sweep.build): min(batch_size, int(N_train *
+  """grokjax's batch of a run (grokjax.plan.build): min(batch_size, int(N_train *
   batch_frac)), at least 1."""
   return max(min(cfg.batch_size, int(n_train * cfg.batch_frac)), 1)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from absl import flags
 
-from grokjax import analysis, cli, data, integrations, registry, report, rundir, sweep
+from grokjax import analysis, cli, data, integrations, plan, registry, report, rundir, sweep
 from grokjax import config as config_lib
 from grokjax.errors import UserError
 
@@ -215,7 +215,7 @@ def make_config():
   eval_every = _pick(_given("eval_every", "steps_per_execution"), None)
   checkpoint_every = _CHECKPOINT_EVERY.value if _CHECKPOINT_EVERY.present else None
   if _EPOCHS.value is not None:
-    per_epoch = sweep.build(cfg).steps_per_epoch()
+    per_epoch = plan.build(cfg).steps_per_epoch()
     steps[f"--epochs={_EPOCHS.value} ({per_epoch} steps per epoch)"] = _EPOCHS.value * per_epoch
     eval_every = eval_every or per_epoch
     checkpoint_every = checkpoint_every or 10 * per_epoch
@@ -250,7 +250,7 @@ def main(argv):
   cfg = make_config()
   workdir = run_dir(cfg, argv[1] if len(argv) == 2 else None)
   if _DRY_RUN.value:
-    built = sweep.build(cfg)  # validates everything a real run would
+    built = plan.build(cfg)  # validates everything a real run would
     integrations.make_writer(built.cfg, built.runs, workdir)  # --wandb needs wandb installed
     preview = dict(
       run_dir=str(workdir),

@@ -8,12 +8,13 @@ a function of (seed, step), so no RNG state needs saving.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import orbax.checkpoint as ocp
 
 # The layout of a checkpoint's state, recorded in its metadata: a version reads only
-# its own (grokjax.sweep refuses another in one line).
+# its own (grokjax.devices refuses another in one line).
 FORMATS = {
   1: "every program held the built-in methods orthograd, grokfast_ema and norm_target",
   2: "a program holds only the methods its runs use",
@@ -59,3 +60,33 @@ def saved_meta(mngr: ocp.CheckpointManager, step: int | None = None) -> dict:
   if step is None:
     return {}
   return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+  """Steps of the finished checkpoints in RUN_DIR/checkpoints (folders named by their
+  step; a save cut short is a ``<step>.orbax-checkpoint-tmp`` folder, not counted)."""
+  folder = Path(workdir) / "checkpoints"
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def wait_saves(mngr, timeout: float) -> bool:
+  """Waits at most ``timeout`` s (a second Ctrl-C: not at all) for the checkpoint
+  being written; whether it finished. (Orbax's own wait has no time limit, and a
+  save interrupted at the wrong moment waits minutes for a signal that never comes.)"""
+  failed = []
+
+  def wait():
+    try:
+      mngr.wait_until_finished()
+    except Exception as e:  # the save failed: it is not finished
+      failed.append(e)
+
+  thread = threading.Thread(target=wait, daemon=True)
+  thread.start()
+  try:
+    thread.join(timeout)
+  except KeyboardInterrupt:
+    return False
+  return not thread.is_alive() and not failed

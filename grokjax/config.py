@@ -20,10 +20,15 @@ from grokjax.errors import UserError
 from grokjax.registry import Key
 
 _positive = (lambda v: v > 0, "> 0")
+_seed = (lambda v: v >= 0, ">= 0")
+# The operation: a config key, and the sweep list sweep.ops (empty: just this one).
+OP = Key(
+  "op", "div", "operation: " + ", ".join(data.OPS), plural="ops", normalize=data.canonical_op
+)
 # The sweep's own keys: how long, how often, how big, where the results go.
 SWEEP_KEYS = (
   Key("name", "div", "names the default workdir runs/<name>-<timestamp>"),
-  Key("op", "div", "operation: " + ", ".join(data.OPS)),  # data.canonical_op checks it
+  OP,
   Key("p", 97, "modulus (a prime for division); S5 ignores it", lambda v: v >= 2, ">= 2"),
   Key("steps", 100_000, "optimisation steps", *_positive),
   Key("eval_every", 100, "steps between evaluations (linear schedule)", *_positive),
@@ -115,9 +120,42 @@ NAME_KEYS = (
   Key("method.loss", "softmax", "loss of the answer token", choices=lambda: registry.LOSSES),
   Key("model.name", "transformer", "model", choices=lambda: registry.MODELS, axis="model"),
 )
-# sweep lists that are not keys: list -> run field
-GRID_AXES = {"ops": "op", "variants": "variant", "train_fracs": "train_frac"}
-SEED_AXES = {"split_seeds": "split_seed", "seeds": "seed"}  # empty split_seeds: the run's seed
+# The sweep's own axes besides op and the run keys: lists sweep.<plural> of a run
+# field, without a config key (an empty list: no variant; split seed = the run's seed).
+VARIANT = Key(
+  "sweep.variants",
+  "",
+  "a named setting of a run's fields (VARIANTS)",
+  choices=lambda: VARIANTS,
+  axis="variant",
+  plural="variants",
+)
+TRAIN_FRAC = Key(
+  "sweep.train_fracs",
+  0.5,
+  "fraction of the table trained on",
+  lambda v: 0 < v < 1,
+  "in (0, 1)",
+  axis="train_frac",
+  plural="train_fracs",
+)
+SPLIT_SEED = Key(
+  "sweep.split_seeds",
+  0,
+  "seed of the train/validation split",
+  *_seed,
+  axis="split_seed",
+  plural="split_seeds",
+)
+SEED = Key(
+  "sweep.seeds",
+  0,
+  "seed of the initialisation and the batches",
+  *_seed,
+  axis="seed",
+  plural="seeds",
+)
+REQUIRED = ("seeds", "train_fracs")  # sweep lists that need at least one value
 GROKFAST_EMA_LAMB, GROKFAST_MA_LAMB = 2.0, 5.0  # the Grokfast paper's defaults
 _OFF = dict(grokfast_lamb=0.0, grokfast_ma_lamb=0.0, loss="softmax", orthograd=False)
 # A variant sets a run's fields (a value, or a function of the run's value); each is
@@ -158,6 +196,11 @@ def all_keys() -> list[Key]:
   return [*SWEEP_KEYS, *run_keys()]
 
 
+def grid_keys() -> list[Key]:
+  """The keys of every sweep axis, in the run grid's order (seeds fastest)."""
+  return [OP, VARIANT, TRAIN_FRAC, *run_keys(), SPLIT_SEED, SEED]
+
+
 def register_variant(name: str, **fields) -> None:
   """A named setting for ``sweep.variants``: run fields set to a value or to a
   function of the run's value, e.g. ``register_variant("lr_x3", lr=lambda v: 3 * v)``."""
@@ -190,14 +233,8 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   for key in all_keys():
     _set(c, key.path, key.default)
-  axes = dict(
-    ops=(),  # empty: just `op`; several operations train in one program (shared vocabulary)
-    variants=(),  # names from grokjax.config.VARIANTS; empty: the config as it is
-    seeds=(0, 1, 2),
-    train_fracs=tuple(round(0.1 * i, 1) for i in range(1, 10)),
-    split_seeds=(),
-  )
-  axes.update({k.field: () for k in run_keys()})
+  axes = {k.sweep_list: () for k in grid_keys()}  # empty: the key's config value
+  axes.update(seeds=(0, 1, 2), train_fracs=tuple(round(0.1 * i, 1) for i in range(1, 10)))
   c.sweep = ml_collections.ConfigDict(axes)
   return c
 
@@ -215,13 +252,13 @@ def _check_keys(cfg, schema, prefix=""):
 
 
 def axis_values(cfg, axis: str) -> tuple:
-  """The values a sweep axis takes: its list, else its key's config value (for a
-  run key), else nothing."""
+  """The values the sweep list ``sweep.<axis>`` takes: the list, else its key's
+  config value (where the key is a config key: op, the run keys), else nothing."""
   values = tuple(cfg.sweep[axis])
-  key = {k.field: k for k in run_keys()}.get(axis)
-  if axis == "ops":
-    return values or (cfg.op,)
-  return values or ((_get(cfg, key.path),) if key else ())
+  key = {k.sweep_list: k for k in grid_keys()}.get(axis)
+  if values or key is None or key.path.startswith("sweep."):
+    return values
+  return (_get(cfg, key.path),)
 
 
 def _as_list(values) -> list:
@@ -239,43 +276,20 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   for key in all_keys():
     _set(cfg, key.path, key.coerce(_get(cfg, key.path), key.path))
-  cfg.op = data.canonical_op(cfg.op)
-  data.num_elements(cfg.op, cfg.p)
   if cfg.report.embeddings:
     analysis.require_tsne()  # before anything trains
-  for name in ("ops", "variants"):  # --config.sweep.ops=add,sub reaches us as one string "add,sub"
+  for key in grid_keys():
+    name = key.sweep_list
     values = _as_list(cfg.sweep[name])
-    cfg.sweep[name] = tuple(p.strip() for v in values for p in str(v).split(",") if p.strip())
-  cfg.sweep.ops = tuple(data.canonical_op(op) for op in cfg.sweep.ops)
-  for op in cfg.sweep.ops:
-    data.num_elements(op, cfg.p)
-  for variant in cfg.sweep.variants:
-    if variant not in VARIANTS:
-      raise UserError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-  for name in ("seeds", "split_seeds", "train_fracs"):
-    kind = float if name == "train_fracs" else int
-    values = _as_list(cfg.sweep[name])
-    for v in values:
-      if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
-        raise UserError(
-          f"sweep.{name} holds {v!r}, not {'an integer' if kind is int else 'a number'}; "
-          f"write e.g. --config.sweep.{name}={'0,1,2' if kind is int else '0.3,0.5'}"
-        )
-      if kind is int and v < 0:
-        raise UserError(f"sweep.{name} holds {v!r}; seeds are integers >= 0")
-    cfg.sweep[name] = tuple(kind(v) for v in values)
-  for name, example in (("seeds", "0,1,2"), ("train_fracs", "0.3,0.5")):
-    if not cfg.sweep[name]:
-      raise UserError(
-        f"sweep.{name} is empty; give at least one value, e.g. --config.sweep.{name}={example}"
-      )
-  for f in cfg.sweep.train_fracs:
-    data.check_train_frac(f)
-  for key in run_keys():
-    values = _as_list(cfg.sweep[key.field])
-    if key.type is str:
+    if key.type is str:  # --config.sweep.ops=add,sub reaches us as one string "add,sub"
       values = [p.strip() for v in values for p in str(v).split(",") if p.strip()]
-    cfg.sweep[key.field] = tuple(key.coerce(v, f"sweep.{key.field}") for v in values)
+    if not values and name in REQUIRED:
+      raise UserError(
+        f"sweep.{name} is empty; give at least one value, e.g. --config.sweep.{name}={key.default}"
+      )
+    cfg.sweep[name] = tuple(key.coerce(v, f"sweep.{name}") for v in values)
+  for op in dict.fromkeys((cfg.op, *cfg.sweep.ops)):
+    data.num_elements(op, cfg.p)
   for name, values in cfg.sweep.items():
     twice = sorted({repr(v) for v in values if list(values).count(v) > 1})
     if twice:
@@ -287,8 +301,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _axes(cfg) -> list[tuple[str, tuple]]:
   """(run field, values) of every axis, in the run grid's order (seeds fastest)."""
-  fields = [*GRID_AXES.items(), *((k.field, k.field) for k in run_keys()), *SEED_AXES.items()]
-  return [(field, axis_values(cfg, axis) or (None,)) for axis, field in fields]
+  return [(k.field, axis_values(cfg, k.sweep_list) or (None,)) for k in grid_keys()]
 
 
 def run_grid(cfg: ml_collections.ConfigDict) -> list[dict]:

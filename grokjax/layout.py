@@ -7,7 +7,7 @@ with copies of its last run, ``pad_index``, the padding dropped from the results
 a run's numbers depend neither on the other runs, their number nor the device count;
 in the fast layout (accelerators' default) all of a device's runs form one vmap.
 Padding is one rule (``padded_runs``, ``pad_index``), used on the host by
-grokjax.sweep (the run arrays, checkpoints saved with another padding) and here.
+grokjax.plan (the run arrays), grokjax.devices (checkpoints saved with another padding) and here.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class _PerDevice:
   reciprocal in one and not the other), which moves the last bits.
 
   Arguments and results are global arrays sharded over ``mesh`` on the run axis (the
-  table replicated), as ``grokjax.sweep.device_inputs`` makes them; the run axis is
+  table replicated), as ``grokjax.devices.device_inputs`` makes them; the run axis is
   padded to whole groups on every device first if it is not. The program is compiled
   once per device (JAX's persistent compilation cache serves the later ones on GPUs).
   """

@@ -33,7 +33,9 @@ class Key:
   ``check(value) -> bool`` with ``rule`` saying in words what it demands ("> 0");
   ``choices`` (a tuple or a function returning one) for strings; ``per_run``: traced
   and vmapped (numbers and bools only), else static. ``axis`` names its sweep list
-  ``sweep.<axis>`` and its runs.json field (default: the last part of ``path``).
+  ``sweep.<axis>`` and its runs.json field (default: the last part of ``path``);
+  ``plural`` names the list where it is not the field (``sweep.seeds``: ``seed``).
+  ``normalize(value)`` gives the canonical value (an alias's name) or a UserError.
   """
 
   path: str
@@ -44,11 +46,18 @@ class Key:
   per_run: bool = False
   choices: tuple | Callable[[], Iterable] | None = None
   axis: str = ""
+  plural: str = ""
+  normalize: Callable[[Any], Any] | None = None
 
   @property
   def field(self) -> str:
     """The run field (runs.json) and sweep axis of this key."""
     return self.axis or self.path.rsplit(".", 1)[-1]
+
+  @property
+  def sweep_list(self) -> str:
+    """Its sweep list: ``sweep.<sweep_list>``."""
+    return self.plural or self.field
 
   @property
   def type(self) -> type:
@@ -75,6 +84,8 @@ class Key:
     value = t(value)
     if t is float and not math.isfinite(value):
       raise UserError(f"{where}={value!r} must be a finite number; fix --config.{where}")
+    if self.normalize is not None:
+      value = self.normalize(value)
     options = self.options()
     if options is not None and value not in options:
       raise UserError(f"{where}={value!r} is unknown; choose one of: {', '.join(options)}")

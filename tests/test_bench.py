@@ -150,3 +150,29 @@ def test_gpu_check_with_its_budget_spent_skips_every_step_and_fails(tmp_path):
   for name in ("bench_paper", "bench_bf16", "bench_exact", "bench_quick"):
     assert f"  {name}.json: not written" in out.stdout, name
   assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.slow
+def test_numerics_checks_are_functions_of_their_settings(capsys):
+  """experiments/numerics.py's checks take their settings as arguments (gpu_check.sh
+  gives them as flags): the invariance check finds seed 1's bits the same alone and in
+  a group of 2, the precision check trains each setting and compares it with the first."""
+  import importlib.util
+
+  from grokjax.errors import UserError
+
+  spec = importlib.util.spec_from_file_location("numerics", ROOT / "experiments" / "numerics.py")
+  numerics = sys.modules.setdefault("numerics", importlib.util.module_from_spec(spec))
+  if not hasattr(numerics, "precision_check"):
+    spec.loader.exec_module(numerics)
+  assert numerics.invariance_check(group=2, steps=10, setup=TINY) == {
+    "exact": True,
+    "default": True,  # CPU: the exact layout, groups of 1
+  }
+  rows = numerics.precision_check(["highest", "bfloat16"], seeds=1, steps=20, setup=TINY)
+  assert [r["setting"] for r in rows] == ["highest", "bfloat16"]
+  assert all(len(r["val_step"]) == 2 for r in rows)  # the tiny config's 2 train fractions
+  out = capsys.readouterr().out
+  assert "exact (vmap group 2): bit-identical" in out and "bfloat16: steps to 99% train" in out
+  with pytest.raises(UserError, match=r"unknown settings \['tf32'\]"):
+    numerics.precision_check(["tf32"], setup=TINY)

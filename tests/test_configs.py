@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grokjax import sweep
+from grokjax import plan
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ SHIPPED = [
 def test_shipped_configs_build(name, arg, n_runs):
   get_config = runpy.run_path(str(ROOT / "configs" / name))["get_config"]
   cfg = get_config(arg) if arg else get_config()
-  s = sweep.build(cfg)
+  s = plan.build(cfg)
   assert len(s.runs) == n_runs
   if arg in ("grokfast", "mul97"):
     assert not s.cfg.optim.decoupled

@@ -18,7 +18,7 @@ CHECK = """
 import json
 from grokjax import logs
 
-s = sweep.build(cfg)
+s = plan.build(cfg)
 i = next(k for k, r in enumerate(s.runs)
          if (r["model"], r["sign_beta"], r["seed"]) == ("embed_mlp", 0.5, 1))
 alone = cfg.copy_and_resolve_references()

@@ -8,7 +8,7 @@ import optax
 import pytest
 from conftest import tiny_config
 
-from grokjax import logs, plots, registry, rundir, sweep
+from grokjax import logs, plan, plots, registry, rundir, sweep
 from grokjax.registry import Key, Loss, Model, Optimizer
 
 
@@ -50,9 +50,9 @@ def test_a_per_run_loss_key_reaches_the_loss(registered, tmp_path):
   registered(smoothing_loss())
   cfg = tiny(**{"method.loss": "smoothed"})
   cfg.sweep.smoothing = (0.0, 0.3)
-  s = sweep.build(cfg)
+  s = plan.build(cfg)
   assert len(s.programs) == 1  # per run: one program, the value on the run axis
-  arrays = sweep.run_arrays(s, s.programs[0])
+  arrays = plan.run_arrays(s, s.programs[0])
   assert np.allclose(arrays.hparams["smoothing"], [0.0, 0.3])
   workdir = sweep.run_sweep(cfg, tmp_path / "run", progress=False)
   loss = logs.read_metrics(workdir / "metrics.msgpack")[-1]["train_loss"]
@@ -67,7 +67,7 @@ def test_a_static_loss_key_makes_programs(registered):
   registered(smoothing_loss())
   cfg = tiny(**{"method.loss": "smoothed"})
   cfg.sweep.power = (1, 2)
-  s = sweep.build(cfg)
+  s = plan.build(cfg)
   assert len(s.programs) == 2
   assert sorted(p.static.values["power"] for p in s.programs) == [1, 2]
 
@@ -92,7 +92,7 @@ def test_a_model_key_with_its_own_axis(registered):
   )
   cfg = tiny(**{"model.name": "wide"})
   cfg.sweep.hidden = (8, 24)
-  s = sweep.build(cfg)
+  s = plan.build(cfg)
   assert sorted(p.static.model.hidden for p in s.programs) == [8, 24]
   assert [r["hidden"] for r in s.runs] == [8, 24]
 

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from grokjax import logs, model, optim, rundir, sweep, train
+from grokjax import logs, model, optim, plan, rundir, sweep, train
 from grokjax.errors import UserError
 
 TOKENS = jnp.array([[1, 7, 2, 8], [3, 7, 4, 8], [5, 7, 6, 8]])
@@ -82,9 +82,9 @@ def test_update_noise_is_openai_grok_noise_factor():
 
 def _program(tiny, **overrides):
   """The first program of a tiny sweep, one of its runs, and the table."""
-  sw = sweep.build(tiny(**{"sweep.train_fracs": (0.5,), "sweep.seeds": (0,), **overrides}))
+  sw = plan.build(tiny(**{"sweep.train_fracs": (0.5,), "sweep.seeds": (0,), **overrides}))
   prog = sw.programs[-1]
-  run = jax.tree.map(lambda x: jnp.asarray(x[0]), sweep.run_arrays(sw, prog))
+  run = jax.tree.map(lambda x: jnp.asarray(x[0]), plan.run_arrays(sw, prog))
   return prog.static, run, jax.tree.map(jnp.asarray, sw.table)
 
 
@@ -139,7 +139,7 @@ def test_interventions_are_sweep_axes_one_program_for_their_nonzero_values(tiny)
     ("weight_noise", (0.0, 0.01, 0.02)),
     ("update_noise", (0.0, 0.01, 0.02)),
   ):
-    sw = sweep.build(tiny(**{f"sweep.{axis}": values, "sweep.train_fracs": (0.5,)}))
+    sw = plan.build(tiny(**{f"sweep.{axis}": values, "sweep.train_fracs": (0.5,)}))
     programs = [
       ([m.name for m in p.static.methods], [sw.runs[k][axis] for k in p.runs]) for p in sw.programs
     ]
@@ -154,7 +154,7 @@ def test_dropout_on_a_model_without_it_is_a_user_error(tiny):
   train step itself for a program made by hand."""
   cfg = tiny(**{"model.dropout": 0.1, "model.name": "mlp"})
   with pytest.raises(UserError, match="takes no 'dropout'"):
-    sweep.build(cfg)
+    plan.build(cfg)
   static, run, table = _program(tiny, **{"model.dropout": 0.1})
   static = static._replace(model=model.make_model(dict(cfg.model), table.vocab_size, table.n))
   state = jax.eval_shape(lambda: train.init_state(static, table, run))

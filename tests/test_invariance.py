@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from grokjax import layout, logs, rundir, sweep
+from grokjax import layout, logs, plan, rundir, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ FOUR_DEVICES = textwrap.dedent("""
     import jax
     sys.path.insert(0, {tests!r})
     from test_invariance import _quick
-    from grokjax import sweep
+    from grokjax import plan, rundir, sweep
     sweep.run_sweep(_quick((0, 1, 2)), {workdir!r}, progress=False)
     print(json.dumps(dict(devices=jax.device_count())))
 """)
@@ -85,9 +85,9 @@ def test_position_in_a_group_and_padding_change_no_bit(tiny):
   """Groups of 2 (``vmap_group=2``): run 1 with run 0, with run 2, first or second of its
   pair, or with its own padding copy, gives the same bits (the other runs' too, wherever
   they sit)."""
-  s = sweep.build(tiny(**{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)}))
+  s = plan.build(tiny(**{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)}))
   prog = s.programs[0]
-  runs = sweep.run_arrays(s, prog)
+  runs = plan.run_arrays(s, prog)
   init, chunk = layout.make_sweep_fns(prog.static, None, 2)
   got = {}
   for order in ([0, 1, 2], [2, 1, 0], [1]):

@@ -1,14 +1,14 @@
 """The library's layers: every module imports only modules of lower layers (at any
 depth of the file, function-level imports included), and none uses another's
 private names. So the import graph has no circle and no upward edge, and training
-(sweep, layer 6) cannot reach reporting (plots, interp, report)."""
+(sweep, layer 9) cannot reach reporting (plots, interp, report)."""
 
 import ast
 from pathlib import Path
 
 import pytest
 
-from grokjax import layout, sweep, train
+from grokjax import devices, layout, plan, rundir, sweep, train
 
 PACKAGE = Path(__file__).resolve().parent.parent / "grokjax"
 # Lower numbers first; a module may import modules of strictly lower layers.
@@ -32,11 +32,13 @@ LAYERS = {
   "config": 4,
   "train": 4,
   "layout": 5,
-  "sweep": 6,
-  "rundir": 7,
-  "interp": 8,
-  "plots": 9,
-  "report": 10,
+  "plan": 6,
+  "devices": 7,
+  "rundir": 8,
+  "sweep": 9,
+  "interp": 10,
+  "plots": 11,
+  "report": 12,
 }
 
 
@@ -90,5 +92,12 @@ def test_a_moved_name_says_where_it_went():
     with pytest.raises(AttributeError, match=f"has moved: use grokjax.layout.{name}$"):
       getattr(module, name)
     assert callable(getattr(layout, name))
+  # sweep.py by concern: planning, device state, the run directory, checkpoint files
+  for name, home in (("build", plan), ("device_inputs", devices), ("check_log_end", rundir)):
+    with pytest.raises(AttributeError, match=f"has moved: use {home.__name__}.{name}$"):
+      getattr(sweep, name)
+    assert callable(getattr(home, name))
+  with pytest.raises(AttributeError, match="use grokjax.checkpoint.checkpoint_steps$"):
+    sweep.checkpoint_steps  # noqa: B018
   with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
     train.nothing  # noqa: B018

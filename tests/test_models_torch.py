@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grokjax import config, logs, sweep
+from grokjax import config, logs, plan, sweep
 from grokjax import model as model_lib
 from grokjax.data import make_table
 from grokjax.errors import UserError
@@ -154,7 +154,7 @@ def test_bad_init_is_one_line():
   cfg = config.default_config()
   cfg.model.name, cfg.model.width, cfg.model.num_heads = "openai_grok", 30, 4
   with pytest.raises(UserError, match="not divisible"):
-    sweep.build(config.validate(cfg))
+    plan.build(config.validate(cfg))
 
 
 @pytest.mark.slow
@@ -168,7 +168,7 @@ def test_a_sweep_selects_openai_grok_and_trains(tiny, tmp_path):
       "sweep.init": ("flax", "torch"),
     }
   )
-  s = sweep.build(config.validate(cfg))
+  s = plan.build(config.validate(cfg))
   assert isinstance(s.model(0), model_lib.OpenAIGrok)
   # openai_grok has no model.init: both runs share one program
   assert len(s.programs) == 1
@@ -180,7 +180,7 @@ def test_a_sweep_selects_openai_grok_and_trains(tiny, tmp_path):
 
 
 def test_a_sweep_over_init_compiles_a_program_each(tiny):
-  s = sweep.build(config.validate(tiny(**{"sweep.init": ("flax", "torch")})))
+  s = plan.build(config.validate(tiny(**{"sweep.init": ("flax", "torch")})))
   assert [r["init"] for r in s.runs] == ["flax", "flax", "torch", "torch"] * 2
   assert sorted(p.static.model.weight_init for p in s.programs) == ["flax", "torch"]
 

@@ -11,7 +11,7 @@ import optax
 import pytest
 from conftest import tiny_config
 
-from grokjax import config, data, fourier, interp, losses, optim, registry, rundir, sweep
+from grokjax import config, data, fourier, interp, losses, optim, plan, registry, rundir, sweep
 from grokjax.errors import UserError
 from grokjax.model import make_model
 
@@ -375,8 +375,8 @@ def test_eps_1e25_is_accepted_and_works_in_float32():
   cfg = tiny_config(**{"optim.eps": 1e-25})
   assert config.validate(cfg).optim.eps == 1e-25
   assert np.float32(1e-25) > 0  # a normal float32 (the smallest is 1.2e-38)
-  s = sweep.build(cfg)
-  assert sweep.run_arrays(s, s.programs[0]).hparams["eps"][0] == np.float32(1e-25)
+  s = plan.build(cfg)
+  assert plan.run_arrays(s, s.programs[0]).hparams["eps"][0] == np.float32(1e-25)
   tx = optax.scale_by_adam(0.9, 0.999, jnp.float32(1e-25))
   g = {"w": jnp.asarray([3e-6, -2.0, 0.0], jnp.float32)}
   u, _ = tx.update(g, tx.init(g))
@@ -492,9 +492,9 @@ def test_embed_keys_at_their_defaults_are_todays_adamw_bit_for_bit():
 def test_embed_keys_are_per_run_and_checked(tmp_path):
   cfg = tiny_config(**{"sweep.train_fracs": (0.8,), "sweep.seeds": (0,), "steps": 10})
   cfg.sweep.embed_lr = (-1.0, 0.0)  # the same as optim.lr; a frozen embedding
-  s = sweep.build(cfg)
+  s = plan.build(cfg)
   assert len(s.programs) == 1  # per run: one program
-  np.testing.assert_array_equal(sweep.run_arrays(s, s.programs[0]).hparams["embed_lr"], [-1, 0])
+  np.testing.assert_array_equal(plan.run_arrays(s, s.programs[0]).hparams["embed_lr"], [-1, 0])
   rd = rundir.load(sweep.run_sweep(cfg, tmp_path / "run", progress=False))
   start, end = rd.params(0), rd.params()
   embed = lambda params, k: params[k]["Embed_0"]["embedding"]

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from grokjax import config, logs, registry, sweep
+from grokjax import config, devices, logs, plan, registry, sweep
 from grokjax.errors import UserError
 from grokjax.registry import Key, Method
 
@@ -39,7 +39,7 @@ def scaled(factor):
 
 def test_every_key_is_a_config_key_a_sweep_axis_and_a_run_field(tiny):
   cfg = config.default_config()
-  runs = sweep.build(tiny()).runs
+  runs = plan.build(tiny()).runs
   for key in config.run_keys():
     node = cfg
     for part in key.path.split("."):
@@ -113,8 +113,8 @@ def test_a_user_method_is_one_declaration(scratch, tiny, tmp_path):
   cfg = tiny(**{"sweep.train_fracs": (0.5,), "sweep.scale": (1.0, 0.5)})
   assert config.default_config().method.scale == 1.0
   with pytest.raises(UserError, match="sweep.scale=0.0 must be > 0"):
-    sweep.build(tiny(**{"sweep.scale": (0.0,)}))
-  s = sweep.build(cfg)
+    plan.build(tiny(**{"sweep.scale": (0.0,)}))
+  s = plan.build(cfg)
   assert [r["scale"] for r in s.runs] == [1.0, 1.0, 0.5, 0.5]
   assert len(s.programs) == 2  # the baseline's program does not carry the method
   assert [len(p.static.methods) for p in s.programs] == [0, 1]
@@ -138,7 +138,7 @@ def test_each_set_of_methods_and_static_settings_trains_in_a_program_of_its_own(
       "method.grokfast_window": 7,
     }
   )
-  s = sweep.build(cfg)
+  s = plan.build(cfg)
   uses = lambda k: (s.runs[k]["grokfast_ma_lamb"] > 0, s.runs[k]["grokfast_lamb"] > 0)
   assert len(s.programs) == 4 and len(s.runs) == 6
   for prog in s.programs:
@@ -148,8 +148,8 @@ def test_each_set_of_methods_and_static_settings_trains_in_a_program_of_its_own(
     ]
   # EMA's strengths 2 and 3 (per-run) share a program: one run each
   assert sorted(len(p.runs) for p in s.programs) == [1, 1, 2, 2]
-  table, runs = sweep.device_inputs(s)
-  for prog, r, (init, _) in zip(s.programs, runs, sweep.sweep_fns(s)):
+  table, runs = devices.device_inputs(s)
+  for prog, r, (init, _) in zip(s.programs, runs, devices.sweep_fns(s)):
     leaves = [x.shape for x in jax.tree.leaves(jax.eval_shape(init, table, r).opt_state)]
     params = jax.tree.leaves(jax.eval_shape(init, table, r).params)
     window = (len(r.seed), 7, *params[0].shape[1:])
@@ -204,6 +204,6 @@ def test_a_model_declares_its_keys(scratch, tiny):
   from grokjax.model import WIDTH
 
   scratch.register(registry.Model("linear", (WIDTH,), Linear))
-  s = sweep.build(tiny(**{"model.name": "linear"}))
+  s = plan.build(tiny(**{"model.name": "linear"}))
   params = s.model(0).init(jax.random.key(0), jnp.asarray(s.table.inputs[:2]))["params"]
   assert params["Embed_0"]["embedding"].shape == (s.table.vocab_size, 32)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import uncached_env
 
-from grokjax import checkpoint, logs, sweep
+from grokjax import checkpoint, logs, rundir, sweep
 from grokjax.errors import Interrupted, UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,7 +192,7 @@ def test_ctrl_c_during_training_with_frequent_saves_exits_130_in_seconds(tmp_pat
     env=ENV,
   )
   end = time.time() + 300
-  while len(sweep.checkpoint_steps(workdir)) < 2 and time.time() < end:
+  while len(checkpoint.checkpoint_steps(workdir)) < 2 and time.time() < end:
     time.sleep(0.1)
   proc.send_signal(signal.SIGINT)
   sent = time.time()
@@ -205,7 +205,7 @@ def test_ctrl_c_during_training_with_frequent_saves_exits_130_in_seconds(tmp_pat
 
 CTRL_C_AT_EXIT = """
 import threading, time
-from grokjax import cli
+from grokjax import checkpoint, cli, rundir
 def main(argv):
   threading.Thread(target=time.sleep, args=(30,)).start()  # the interpreter waits for it
   print("done", flush=True)
@@ -260,7 +260,7 @@ def test_a_full_disk_in_an_async_save_is_one_message_and_resumes(tmp_path, tiny,
 
 
 DISK_FULL_IN_REPORT = """
-from grokjax import cli
+from grokjax import checkpoint, cli, rundir
 def main(argv):
   raise OSError(28, "No space left on device", "runs/x/figures/curves.png")
 cli.run(main)
@@ -434,7 +434,7 @@ def test_a_resume_after_a_kill_mid_save_is_quiet_and_exact(finished, tmp_path):
   assert logs.read_metrics(run / "metrics.msgpack") == logs.read_metrics(
     finished / "metrics.msgpack"
   )
-  assert sweep.checkpoint_steps(run) == [20, 30, 40]
+  assert checkpoint.checkpoint_steps(run) == [20, 30, 40]
   assert not list((run / "checkpoints").glob("*tmp*"))
 
 
@@ -490,7 +490,7 @@ def test_figure_titles_and_legends_say_only_what_is_drawn(finished):
   import matplotlib
 
   matplotlib.use("Agg")
-  from grokjax import interp, plots, rundir
+  from grokjax import interp, plots
 
   rd = rundir.load(finished)
   assert not (rd.metrics["val_acc"] >= rd.threshold).any()  # 40 steps: validation never gets there

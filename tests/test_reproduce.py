@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run_script
 
-from grokjax import papers, sweep
+from grokjax import papers, plan, rundir, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "reproduce.py"
@@ -49,7 +49,7 @@ def test_every_result_has_a_paper_entry_and_a_twin():
     assert paper.reproduce == name and twin.reproduce == name + "_cpu"
     changed = {k for k, v in flat(twin).items() if flat(paper).get(k) != v}
     assert changed <= SHRINKABLE, (name, changed - SHRINKABLE)
-    sweep.build(twin)  # validates every key
+    plan.build(twin)  # validates every key
 
 
 def test_unknown_or_missing_name_is_one_line(tmp_path):
@@ -92,7 +92,7 @@ def test_orthograd_generalises_where_softmax_memorises(tmp_path):
   """Prieto et al.'s ⊥Grad claim in their own setting (one seed of three, all 300 steps):
   without weight decay, softmax memorises and stays far below chance-free accuracy, while
   ⊥Grad reaches 99% validation accuracy within the budget."""
-  from grokjax import analysis, rundir
+  from grokjax import analysis
 
   cfg = MODULE["get_config"]("prieto_orthograd_cpu")
   cfg.eval_float64 = False  # the collapse fraction is not what is asserted

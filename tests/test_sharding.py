@@ -22,12 +22,12 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from tiny_config import get_config
     import numpy as np
-    from grokjax import layout, sweep
+    from grokjax import devices, layout, plan, rundir, sweep
     cfg = get_config()
     cfg.sweep.seeds, cfg.sweep.train_fracs = (0, 1, 2), (0.5,)  # 3 runs on 4 devices
-    s = sweep.build(cfg)
-    table, (runs,) = sweep.device_inputs(s)
-    ((init, chunk),) = sweep.sweep_fns(s)
+    s = plan.build(cfg)
+    table, (runs,) = devices.device_inputs(s)
+    ((init, chunk),) = devices.sweep_fns(s)
     states, metrics = chunk(table, runs, init(table, runs), 3)
     leaf = jax.tree.leaves(states.params)[0]
     # The fast layout (an accelerator's default): one partitioned program, a vmap per device.

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 torch = pytest.importorskip("torch")
 
-from grokjax import data, optim  # noqa: E402
+from grokjax import data, optim, plan  # noqa: E402
 
 
 def _load():
@@ -51,11 +51,10 @@ def test_batch_follows_batch_frac(tiny, batch_frac, batch_size, expected):
 
 
 def test_batch_matches_grokjax_sweep(tiny):
-  from grokjax import sweep
 
   for batch_frac in (0.25, 0.5, 1.0):
     cfg = tiny(batch_frac=batch_frac, **{"sweep.train_fracs": (0.3, 0.8)})
-    s = sweep.build(cfg)
+    s = plan.build(cfg)
     for k in range(len(s.runs)):
       n_train = int(s.train_masks[k].sum())
       assert ref.batch_size(s.cfg, n_train) == s.batch_sizes[k], (batch_frac, k)

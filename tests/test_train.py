@@ -4,12 +4,12 @@ import numpy as np
 import optax
 import pytest
 
-from grokjax import config, layout, optim, registry, sweep, train
+from grokjax import config, devices, layout, optim, plan, registry, train
 
 
 def _setup(cfg):
   """The sweep, its one program, and the table as a notebook passes it."""
-  s = sweep.build(cfg)
+  s = plan.build(cfg)
   assert len(s.programs) == 1
   return s, s.programs[0], s.table
 
@@ -20,8 +20,8 @@ def _subset(runs: train.Run, idx):
 
 def _initial_run(s, prog, table, k):
   """Run k of sweep s and its initial parameters."""
-  runs = sweep.run_arrays(s, prog)
-  init, _ = sweep.sweep_fns(s)[0]
+  runs = plan.run_arrays(s, prog)
+  init, _ = devices.sweep_fns(s)[0]
   return _subset(runs, k), jax.tree.map(lambda x: x[k], init(table, runs).params)
 
 
@@ -31,9 +31,9 @@ def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
   # per vmap group (CPU's default): bit for bit (tests/test_invariance.py: more).
   cfg = tiny(**{"sweep.lr": (1e-3, 3e-3)})
   s, prog, table = _setup(cfg)
-  runs = sweep.run_arrays(s, prog)
+  runs = plan.run_arrays(s, prog)
   assert len(set(s.batch_sizes.tolist())) > 1
-  init, chunk = sweep.sweep_fns(s)[0]
+  init, chunk = devices.sweep_fns(s)[0]
   states, metrics = chunk(table, runs, init(table, runs), 25)
   for i in (0, 3, len(s.runs) - 1):
     alone = _subset(runs, [i])
@@ -48,9 +48,9 @@ def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
 def test_runs_in_groups_equal_runs_all_vmapped(tiny):
   # 4 runs in groups of 3 (lax.map over one group of 3, then the remainder of 1).
   s, prog, table = _setup(tiny(vmap_group=3))
-  runs = sweep.run_arrays(s, prog)
+  runs = plan.run_arrays(s, prog)
   assert layout.vmap_group(s.cfg) == 3
-  init, grouped = sweep.sweep_fns(s)[0]
+  init, grouped = devices.sweep_fns(s)[0]
   _, together = layout.make_sweep_fns(prog.static, None, None)
   a, metrics_a = grouped(table, runs, init(table, runs), 25)
   b, metrics_b = together(table, runs, init(table, runs), 25)
@@ -62,8 +62,8 @@ def test_runs_in_groups_equal_runs_all_vmapped(tiny):
 def test_chunks_compose(tiny):
   # 10 + 15 steps equal 25 steps: a chunk's length changes nothing but the eval.
   s, prog, table = _setup(tiny())
-  runs = sweep.run_arrays(s, prog)
-  init, chunk = sweep.sweep_fns(s)[0]
+  runs = plan.run_arrays(s, prog)
+  init, chunk = devices.sweep_fns(s)[0]
   a, _ = chunk(table, runs, init(table, runs), 25)
   b, _ = chunk(table, runs, init(table, runs), 10)
   b, _ = chunk(table, runs, b, 15)
@@ -74,7 +74,7 @@ def test_chunks_compose(tiny):
 
 def test_batches_are_epochs_over_the_train_set(tiny):
   s, prog, _ = _setup(tiny())
-  run = _subset(sweep.run_arrays(s, prog), 0)
+  run = _subset(plan.run_arrays(s, prog), 0)
   bs = int(run.batch_size)
   n_train = int(run.train_mask.sum())
   steps_per_epoch = n_train // bs
@@ -98,7 +98,7 @@ def test_the_chunk_carries_each_runs_epoch_order(tiny):
   s, prog, table = _setup(
     tiny(batch_size=8, **{"sweep.seeds": (0,), "sweep.train_fracs": (0.5, 0.8)})
   )
-  runs = sweep.run_arrays(s, prog)
+  runs = plan.run_arrays(s, prog)
   assert [s.steps_per_epoch(k) for k in range(2)] == [3, 4]
   init, chunk = layout.make_sweep_fns(prog.static, None, 2)
   states, _ = chunk(table, runs, init(table, runs), 2)
@@ -127,8 +127,8 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny):
   assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
   got = {}
   for name, s, prog in (("f32", s32, prog32), ("bf16", s16, prog16)):
-    runs = sweep.run_arrays(s, prog)
-    init, chunk = sweep.sweep_fns(s)[0]
+    runs = plan.run_arrays(s, prog)
+    init, chunk = devices.sweep_fns(s)[0]
     states = init(table, runs)
     _, at0 = chunk(table, runs, states, 0)
     states, at20 = chunk(table, runs, init(table, runs), 20)
