@@ -156,12 +156,18 @@ def run_dir_arg(argv, usage: str) -> str:
   return argv[1]
 
 
-class _NoOrbaxErrors(std_logging.Filter):
-  """Drops Orbax's own error logs (tracebacks of its background threads): each of
-  their failures reaches the script as an exception, said in one line."""
+class NoOrbaxErrors(std_logging.Filter):
+  """Drops Orbax's own error logs (tracebacks of its background threads), and
+  asyncio's "Task exception was never retrieved" of an Orbax read given up on (a
+  damaged checkpoint): each of their failures reaches the script as an exception,
+  said in one line."""
 
   def filter(self, record) -> bool:
-    return record.levelno < std_logging.ERROR or "orbax" not in record.pathname
+    if record.levelno < std_logging.ERROR:
+      return True
+    if "orbax" in record.pathname:
+      return False
+    return not (record.name == "asyncio" and "orbax" in record.getMessage())
 
 
 def _quiet_closed_loops(default):
@@ -198,7 +204,7 @@ def run(main) -> None:
   def guarded(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    logging.get_absl_handler().addFilter(_NoOrbaxErrors())
+    logging.get_absl_handler().addFilter(NoOrbaxErrors())
     sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
     try:
       out = main(argv)

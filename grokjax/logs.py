@@ -2,7 +2,9 @@
 
 Each record is ``{"step": int, "<metric>": [one float per run], ...}`` in runs.json
 order, and ``"crc32"``: the CRC-32 of the record packed without it (readers here
-check and drop it). Readable with a plain ``msgpack.Unpacker``. A record torn by a crash (the
+check and drop it). The checksum is the log's format: once a record has one, every
+later record must (a log begun before checksums, format 1, may be resumed in format
+2; a checksummed log never goes back), so a record that lost its checksum is damaged. Readable with a plain ``msgpack.Unpacker``. A record torn by a crash (the
 last one, cut short) is dropped by the reader and cut off before appending again;
 a record damaged in the middle (a bad byte) is skipped and reported, and the reader
 goes on at the next record, found by its header (a map whose first key is "step").
@@ -23,12 +25,15 @@ _STEP_KEY = msgpack.packb("step")  # every record is a map whose first key is "s
 log = logging.getLogger(__name__)
 
 
-def _valid(record, width: int | None) -> bool:
+def _valid(record, width: int | None, checksummed: bool) -> bool:
   """A metric record: {"step": int, name: [float] * K, ...}, K = ``width`` if known,
-  whose checksum (``crc32``, popped here; logs written before it had none) holds."""
+  whose checksum (``crc32``, popped here) holds; without one only while the log has
+  had none (``checksummed``: an earlier record had one)."""
   if not isinstance(record, dict) or type(record.get("step")) is not int:
     return False
   crc = record.pop(CRC, None)
+  if crc is None and checksummed:
+    return False
   if crc is not None and crc != zlib.crc32(msgpack.packb(record, use_bin_type=True)):
     return False
   lists = [v for k, v in record.items() if k != "step"]
@@ -65,11 +70,13 @@ def scan(raw: bytes) -> tuple[list[tuple[dict, int, int]], list[tuple[int, int]]
   byte ranges between them. A damaged record costs that record only: the reader
   resynchronises on the next record's header. A torn tail (a record cut short by
   a crash) is the last damaged range, reaching the end."""
-  records, damaged, pos, width = [], [], 0, None
+  records, damaged, pos, width, checksummed = [], [], 0, None, False
   while pos < len(raw):
     got = _decode(raw, pos)
-    if got is not None and _valid(got[0], width):
+    has_crc = got is not None and isinstance(got[0], dict) and CRC in got[0]
+    if got is not None and _valid(got[0], width, checksummed):
       record, end = got
+      checksummed = checksummed or has_crc
       width = width or next((len(v) for k, v in record.items() if k != "step"), None)
       records.append((record, pos, end))
       pos = end

@@ -75,3 +75,15 @@ def test_a_damaged_record_in_the_middle_costs_that_record_only(tmp_path, caplog)
   assert "damaged" in caplog.records[0].getMessage()
   assert logs.truncate_metrics(path, 7) == records[:4] + records[5:8]
   assert logs.read_metrics(path) == records[:4] + records[5:8]
+
+
+def test_a_log_begun_without_checksums_reads_and_a_checksummed_one_stays_so(tmp_path):
+  """Format 1 (no checksums) reads whole and may go on in format 2; once a record has a
+  checksum, a later record without one is damaged (it lost its checksum), not format 1."""
+  path = tmp_path / "metrics.msgpack"
+  old = b"".join(msgpack.packb(r) for r in RECORDS[:2])
+  path.write_bytes(old)
+  assert logs.read_metrics(path) == RECORDS[:2]
+  _write(path, RECORDS[2:4])  # resumed by this version: checksummed from here on
+  path.write_bytes(path.read_bytes() + msgpack.packb(RECORDS[4]))  # no checksum after one
+  assert logs.read_metrics(path) == RECORDS[:4]
