@@ -4,8 +4,9 @@ Each record is ``{"step": int, "<metric>": [one float per run], ...}`` in runs.j
 order, and ``"crc32"``: the CRC-32 of the record packed without it (readers here
 check and drop it). The checksum is the log's format: once a record has one, every
 later record must (a log begun before checksums, format 1, may be resumed in format
-2; a checksummed log never goes back), so a record that lost its checksum is damaged. Readable with a plain ``msgpack.Unpacker``. A record torn by a crash (the
-last one, cut short) is dropped by the reader and cut off before appending again;
+2; a checksummed log never goes back), so a record that lost its checksum is damaged.
+Readable with a plain ``msgpack.Unpacker``. A record torn by a crash (the last one,
+cut short) is dropped by the reader and cut off before appending again;
 a record damaged in the middle (a bad byte) is skipped and reported, and the reader
 goes on at the next record, found by its header (a map whose first key is "step").
 """

@@ -98,9 +98,8 @@ def _train(sweep: plan.Sweep, workdir: Path, primary: bool, trackers, progress: 
     _train_from(sweep, workdir, primary, trackers, progress, table, runs, fns, mngr)
     failed = False
   except KeyboardInterrupt:
-    closed = not checkpoint.wait_saves(
-      mngr, SAVE_WAIT_S
-    )  # an unfinished save is left to the next run
+    # a save that does not finish in time is left to the next run (its tmp folder)
+    closed = not checkpoint.wait_saves(mngr, SAVE_WAIT_S)
     steps = checkpoint.checkpoint_steps(workdir)
     where = f"step {steps[-1]}" if steps else "the start"
     raise Interrupted(

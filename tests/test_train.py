@@ -123,7 +123,7 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny):
   jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(p)[0].mean()))(params)
   dots = [e.outvars[0].aval.dtype for e in jaxpr.eqns if e.primitive.name == "dot_general"]
   assert dots and all(d == jnp.bfloat16 for d in dots)
-  grads = jax.grad(lambda p: loss(p)[0].mean())(params)
+  grads = jax.jit(jax.grad(lambda p: loss(p)[0].mean()))(params)
   assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
   got = {}
   for name, s, prog in (("f32", s32, prog32), ("bf16", s16, prog16)):
