@@ -62,12 +62,7 @@ def load_config(setup, **values):
   if not Path(setup).is_file():
     raise UserError(f"--setup {setup} is not a file; give a config file (.py)")
   cfg = runpy.run_path(str(setup))["get_config"]()
-  for key, value in values.items():
-    *parents, leaf = key.split(".")
-    node = cfg
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+  cfg.update_from_flattened_dict(values)
   return cfg
 
 
