@@ -209,7 +209,9 @@ def run(main) -> None:
     try:
       out = main(argv)
     except UserError as e:
-      _fail(str(e))
+      # Exits at once: a read Orbax gave up on (a damaged checkpoint) must not print its
+      # error while the interpreter shuts down, after the one line.
+      _exit_now(f"error: {e}", 2)
     except Interrupted as e:
       _exit_now(str(e), 130)
     except KeyboardInterrupt:
@@ -217,7 +219,10 @@ def run(main) -> None:
     except OSError as e:
       if not disk_full(e):
         raise
-      _fail(f"the disk is full ({e.filename or e}); free some space, then run the same command")
+      _exit_now(
+        f"error: the disk is full ({e.filename or e}); free some space, then run the same command",
+        2,
+      )
     signal.signal(signal.SIGINT, _late_interrupt)  # Ctrl-C while the interpreter exits
     return out
 
