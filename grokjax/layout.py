@@ -169,6 +169,42 @@ class _PerDevice:
     return out if to == k else jax.jit(lambda t: jax.tree.map(lambda x: x[:k], t))(out)
 
 
+class _OnHost:
+  """Exact mode on one CPU: the program of ONE vmap group, called on each group in turn.
+  It is the same program whatever the number of runs, so one compiled program (and JAX's
+  persistent compilation cache) serves every sweep of a config, whatever its K. The
+  groups are cut and joined on the host, in NumPy (on a CPU the device's memory is the
+  host's: a copy, no program to compile); each group is padded with copies of the last
+  run (``pad_index``) and the padding dropped from the results."""
+
+  def __init__(self, fn, group: int):
+    self._jit = jax.jit(fn)
+    self._group = group
+    self._device = jax.devices()[0]
+    self._traced = _padded(fn, group)  # inside a trace (jax.eval_shape, jit): lax.map
+
+  def _groups(self, table, args) -> tuple[int, list]:
+    """(k, each group's arguments, on the device)."""
+    batched, scalars = jax.device_get(args[:-1]), args[-1]
+    k = _num_runs(batched)
+    idx = pad_index(k, padded_runs(k, self._group))
+    cut = lambda i: jax.tree.map(lambda x: x[idx[i : i + self._group]], batched)
+    each = (jax.device_put(cut(i), self._device) for i in range(0, len(idx), self._group))
+    return k, [(table, *part, scalars) for part in each]
+
+  def lower(self, table, *args):
+    """The program of one group, lowered (its compile time and memory)."""
+    return self._jit.lower(*self._groups(table, args)[1][0])
+
+  def __call__(self, table, *args):
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((table, args))):
+      return self._traced(table, *args)
+    k, each = self._groups(table, args)
+    outs = jax.device_get([self._jit(*a) for a in each])
+    joined = jax.tree.map(lambda *xs: np.concatenate(xs)[:k], *outs)
+    return jax.device_put(joined, self._device)
+
+
 class _Chunk:
   """The jitted chunk of one device; the states are donated when the run axis needs
   no padding (else their buffers could not be reused anyway)."""
@@ -198,8 +234,9 @@ def make_sweep_fns(static: train.Static, precision=None, group=None, mesh=None):
 
   ``group`` (exact mode) is how many runs are vmapped together: every run is computed
   in a group of exactly ``group`` (the run axis is padded with copies of its last run,
-  dropped from the results), the groups one after another, and on several devices
-  each device runs the one-device program on its share (``_PerDevice``): a run's
+  dropped from the results), the groups one after another (on one CPU the program of one
+  group, called on each group in turn: one compiled program whatever K, ``_OnHost``), and
+  on several devices each device runs the one-device program on its share (``_PerDevice``): a run's
   numbers depend neither on how many runs there are, nor on its neighbours, nor on
   the device count. None (fast mode): each device's runs are one vmap (fastest on an
   accelerator, but the program, so the last bits, change with K and the devices).
@@ -227,8 +264,11 @@ def make_sweep_fns(static: train.Static, precision=None, group=None, mesh=None):
       return eval_groups(table, runs, params, scalars)
 
   init_program.__name__, chunk_program.__name__, eval_program.__name__ = "init", "chunk", "eval64"
+  programs = init_program, chunk_program, eval_program
 
-  if devices == 1:
+  if devices == 1 and group is not None and jax.default_backend() == "cpu":
+    init_runs, chunk, eval_runs = (_OnHost(f, group) for f in programs)
+  elif devices == 1:
     init_runs = jax.jit(_padded(init_program, group))
     chunk = _Chunk(_padded(chunk_program, group), group)
     eval_runs = jax.jit(_padded(eval_program, group))

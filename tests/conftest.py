@@ -17,19 +17,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
-_CACHE_VARS = (
-  "JAX_COMPILATION_CACHE_DIR",
-  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-  "JAX_COMPILATION_CACHE_MAX_SIZE",
-)
 
 
-def uncached_env(**extra) -> dict:
-  """The environment for a script a test kills at a random moment: without the shared
-  compilation cache, which JAX writes in place (a kill mid-write would leave a torn
-  entry that every later reader warns about)."""
-  env = {k: v for k, v in os.environ.items() if k not in _CACHE_VARS}
-  return {**env, **extra}
+def killable_env(**extra) -> dict:
+  """The environment for a script a test kills at a random moment: it reads the shared
+  compilation cache but writes no entry to it (JAX writes an entry in place: a kill
+  mid-write would leave a torn entry that every later reader warns about). A read holds
+  the cache's file lock, which the kernel releases when the process dies."""
+  return {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9", **extra}
 
 
 import subprocess  # noqa: E402

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import uncached_env
+from conftest import killable_env
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = str(ROOT / "experiments" / "bench.py")
@@ -61,7 +61,7 @@ def test_bench_k_past_its_time_limit_is_a_row_and_the_bench_goes_on(tmp_path):
     ],
     stdout=subprocess.PIPE,
     text=True,
-    env=uncached_env(JAX_PLATFORMS="cpu"),  # its stalled child is killed
+    env=killable_env(JAX_PLATFORMS="cpu"),  # its stalled child is killed
   )
   try:
     lines, start = [], None

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import uncached_env
+from conftest import killable_env
 
 from grokjax import logs, report, rundir, sweep
 from grokjax.errors import UserError
@@ -43,7 +43,7 @@ def _assert_same_params(a, b):
 @pytest.mark.slow
 def test_kill_9_at_a_random_moment_then_resume_is_exact(tmp_path):
   flags = ("--config.steps=3000", "--config.eval_every=50", "--config.checkpoint_every=500")
-  env = uncached_env(JAX_PLATFORMS="cpu")  # killed at a random moment
+  env = killable_env(JAX_PLATFORMS="cpu")  # killed at a random moment
   ref = tmp_path / "ref"
   subprocess.run(_cli(ref, *flags), check=True, capture_output=True, env=env)
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import uncached_env
+from conftest import killable_env
 
 from grokjax import logs, sweep
 from grokjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "tests" / "tiny_config.py")
-ENV = uncached_env(JAX_PLATFORMS="cpu")  # scripts interrupted and killed
+ENV = killable_env(JAX_PLATFORMS="cpu")  # scripts interrupted and killed
 
 
 def cli(*args, script="sweep", **kw):
