@@ -124,10 +124,12 @@ def bench_grokjax(cfg, steps: int, emit=lambda **kw: None) -> dict:
   ((init, chunk),) = devices.sweep_fns(s)
   states = init(table, runs)
   start = time.perf_counter()
-  compiled = chunk.lower(table, runs, states, cfg.eval_every).compile()
+  lowered = chunk.lower(table, runs, states, cfg.eval_every)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   emit(compile_s=compile_s)  # known even if the steps then run past the time limit
   mem = compiled.memory_analysis()
+  in_program = lowered.args_info[0][1].seed.shape[0]  # runs (one CPU: one vmap group's)
   states, metrics = chunk(table, runs, states, cfg.eval_every)  # warm-up
   jax.device_get(metrics)
   chunks = max(steps // cfg.eval_every, 1)
@@ -145,7 +147,7 @@ def bench_grokjax(cfg, steps: int, emit=lambda **kw: None) -> dict:
     compute_dtype=cfg.compute_dtype,
     run_steps_per_s=rate,
     compile_s=compile_s,
-    program_mib_per_run=(mem.argument_size_in_bytes + mem.temp_size_in_bytes) / k / 2**20
+    program_mib_per_run=(mem.argument_size_in_bytes + mem.temp_size_in_bytes) / in_program / 2**20
     if mem
     else None,
   )
