@@ -183,18 +183,18 @@ class _OnHost:
     self._device = jax.devices()[0]
     self._traced = _padded(fn, group)  # inside a trace (jax.eval_shape, jit): lax.map
 
-  def _groups(self, table, args) -> tuple[int, list]:
-    """(k, each group's arguments, on the device)."""
+  def _groups(self, table, args):
+    """(k, each group's arguments, put on the device as they are taken)."""
     batched, scalars = jax.device_get(args[:-1]), args[-1]
     k = _num_runs(batched)
     idx = pad_index(k, padded_runs(k, self._group))
     cut = lambda i: jax.tree.map(lambda x: x[idx[i : i + self._group]], batched)
     each = (jax.device_put(cut(i), self._device) for i in range(0, len(idx), self._group))
-    return k, [(table, *part, scalars) for part in each]
+    return k, ((table, *part, scalars) for part in each)
 
   def lower(self, table, *args):
     """The program of one group, lowered (its compile time and memory)."""
-    return self._jit.lower(*self._groups(table, args)[1][0])
+    return self._jit.lower(*next(self._groups(table, args)[1]))
 
   def __call__(self, table, *args):
     if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((table, args))):
@@ -236,10 +236,11 @@ def make_sweep_fns(static: train.Static, precision=None, group=None, mesh=None):
   in a group of exactly ``group`` (the run axis is padded with copies of its last run,
   dropped from the results), the groups one after another (on one CPU the program of one
   group, called on each group in turn: one compiled program whatever K, ``_OnHost``), and
-  on several devices each device runs the one-device program on its share (``_PerDevice``): a run's
-  numbers depend neither on how many runs there are, nor on its neighbours, nor on
-  the device count. None (fast mode): each device's runs are one vmap (fastest on an
-  accelerator, but the program, so the last bits, change with K and the devices).
+  on several devices each device runs the one-device program on its share
+  (``_PerDevice``): a run's numbers depend neither on how many runs there are, nor on
+  its neighbours, nor on the device count. None (fast mode): each device's runs are one
+  vmap (fastest on an accelerator, but the program, so the last bits, change with K and
+  the devices).
   ``mesh`` (one axis): the devices the run axis is split over (None: one device).
   With ``static.eval_float64`` the evaluation is a second program, traced and run
   with ``jax_enable_x64`` on: 64-bit types exist there and nowhere else.

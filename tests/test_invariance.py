@@ -84,7 +84,7 @@ def test_seed_1_equals_itself_alone_and_on_4_devices(tmp_path):
 def test_position_in_a_group_and_padding_change_no_bit(tiny):
   """Groups of 2 (``vmap_group=2``): run 1 with run 0, with run 2, first or second of its
   pair, or with its own padding copy, gives the same bits (the other runs' too, wherever
-  they sit). On one device the groups run one program: 3 runs (2 groups) and 1 run (1)
+  they sit). On one CPU the groups run one program: 3 runs (2 groups) and 1 run (1)
   compile it once."""
   s = plan.build(tiny(**{"sweep.seeds": (0, 1, 2), "sweep.train_fracs": (0.5,)}))
   prog = s.programs[0]
