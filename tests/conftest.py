@@ -11,10 +11,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests train the same tiny programs; each is compiled once. A cached program is
 # the compiled program itself: the numbers are the same bits. A size limit makes JAX
 # read and write entries under a file lock (filelock), so that no process reads an
-# entry another is writing.
+# entry another is writing. That limit makes each write read every entry's access time
+# (JAX's LRU eviction): a cache of thousands of eager ops (0.2 s to compile, or less) made
+# the writes cost more than compiling those ops again, so they are not written.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="grokjax-tests-xla-")
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
   os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """The run axis split over 4 (fake CPU) devices, in one process or two, gives the same
-numbers as 1 device, bit for bit (each device runs the one-device program on its share),
-and a sweep resumes on another device count."""
+numbers as 1 device and as a run trained alone, bit for bit (each device runs the
+one-device program on its share), and a sweep resumes on another device count."""
 
 import json
 import os
@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from grokjax import logs, rundir, sweep
@@ -53,43 +55,61 @@ def _three_runs(tiny, **overrides):
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-  """The reference of both tests: the 3 runs, 60 steps on one device in one process."""
+  """The reference of every test: the 3 runs, 60 steps on one device in one process
+  (its run directory)."""
   from conftest import tiny_config
 
   workdir = tmp_path_factory.mktemp("single")
-  sweep.run_sweep(_three_runs(tiny_config, steps=60), workdir, progress=False)
-  return logs.read_metrics(workdir / "metrics.msgpack")
+  return sweep.run_sweep(_three_runs(tiny_config, steps=60), workdir, progress=False)
+
+
+def _bits(tree) -> list[bytes]:
+  return [np.asarray(x).tobytes() for x in jax.tree.leaves(tree)]
 
 
 @pytest.mark.slow
 def test_sharded_sweep_equals_unsharded(tmp_path, tiny, single):
   # 60 steps on one device; on 4 devices, resumed there after 40; and 40 steps on one
-  # device resumed on 4 (its checkpoint of 3 runs read whole and padded to 4).
+  # device resumed on 4 (its checkpoint of 3 runs read whole and padded to 4). Seed 1
+  # trained alone on one device: the same metrics and final parameters, bit for bit.
+  # Each device compiles its program once for the four sweeps (JAX's persistent
+  # compilation cache, as on GPUs), not once per sweep.
   sweep.run_sweep(_three_runs(tiny), tmp_path / "grow", progress=False)
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  # Each device compiles its program once for the four sweeps (JAX's persistent cache, as
-  # on GPUs), not once per sweep: the same programs, a quarter of the compile time.
-  env.update(
-    JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-  )
   script = SCRIPT.format(
     tests=str(ROOT), workdir=str(tmp_path / "sharded"), grow=str(tmp_path / "grow")
   )
-  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
-  assert out.returncode == 0, out.stderr
-  info = json.loads(out.stdout.strip().splitlines()[-1])
+  command, pipe = [sys.executable, "-c", script], subprocess.PIPE
+  four = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=env)
+  try:
+    alone = tiny(**{"sweep.seeds": (1,), "sweep.train_fracs": (0.5,), "steps": 60})
+    alone = sweep.run_sweep(alone, tmp_path / "alone", progress=False)
+    out, err = four.communicate(timeout=600)
+  finally:
+    four.kill()
+  assert four.returncode == 0, err[-3000:]
+  info = json.loads(out.strip().splitlines()[-1])
   assert info == dict(devices=4, padded=4, shards=4, shard_rows=1, fast_shards=4, fast_close=True)
 
-  assert [r["step"] for r in single] == list(range(0, 61, 10))
+  ref = logs.read_metrics(single / "metrics.msgpack")
+  assert [r["step"] for r in ref] == list(range(0, 61, 10))
   for name in ("sharded", "grow"):
     records = logs.read_metrics(tmp_path / name / "metrics.msgpack")
-    assert [r["step"] for r in records] == [r["step"] for r in single]
-    for ra, rb in zip(records, single):
+    assert [r["step"] for r in records] == [r["step"] for r in ref]
+    for ra, rb in zip(records, ref):
       assert ra.keys() == rb.keys()
       for metric in (n for n in ra if n != "step"):
         assert len(ra[metric]) == 3  # the padding run is not logged
         assert ra[metric] == rb[metric], (name, metric, ra["step"])
+  records = logs.read_metrics(alone / "metrics.msgpack")
+  assert [r["step"] for r in records] == [r["step"] for r in ref]
+  for ra, rb in zip(records, ref):
+    assert ra == {m: v if m == "step" else v[1:2] for m, v in rb.items()}, ra["step"]
+  # A loss that moved at all: Adam's spikes amplify any difference in the last bit.
+  assert ref[-1]["train_loss"][1] < 0.5 * ref[0]["train_loss"][1]
+  want = _bits(rundir.load(single).params()[1])
+  for workdir, k in ((tmp_path / "sharded", 1), (tmp_path / "grow", 1), (alone, 0)):
+    assert _bits(rundir.load(workdir).params()[k]) == want, workdir.name
 
 
 @pytest.mark.slow
@@ -126,7 +146,8 @@ def test_two_processes_equal_one(tmp_path, tiny, single):
   assert "run directory" in outs[0] and "run directory" not in outs[1]  # process 0 reports
 
   # One process, one device, 20 steps more: the first 40 as the two processes logged them.
-  a, b = logs.read_metrics(tmp_path / "multi" / "metrics.msgpack"), single
+  a = logs.read_metrics(tmp_path / "multi" / "metrics.msgpack")
+  b = logs.read_metrics(single / "metrics.msgpack")
   assert [r["step"] for r in a] == [r["step"] for r in b if r["step"] <= 40]
   for ra, rb in zip(a, b):
     assert ra == rb
