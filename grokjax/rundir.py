@@ -376,7 +376,7 @@ class LoadedRun(NamedTuple):
   def accuracy(self, split: str = "val") -> float:
     """Accuracy of the loaded parameters on the run's ``"train"`` or ``"val"`` split."""
     rows = self.train_mask if split == "train" else self.val_mask
-    logits = self.model.apply({"params": self.params}, self.table.inputs[rows])
+    logits = jax.jit(self.model.apply)({"params": self.params}, self.table.inputs[rows])
     return float((np.asarray(logits).argmax(-1) == self.table.labels[rows]).mean())
 
 

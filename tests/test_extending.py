@@ -121,12 +121,14 @@ def test_a_measure_key_reaches_the_measure(user_measure):
   grid = fourier.make_grid(
     np.asarray(table.inputs), np.asarray(table.labels), np.ones(p * p, bool), p, 1
   )
-  params = model.init(jax.random.key(0), grid.inputs[:1])["params"]
+  params = jax.jit(model.init)(jax.random.key(0), grid.inputs[:1])["params"]
   args = (params, grid.inputs, grid.labels, np.ones(p * p), grid.phase, np.zeros(p // 2 + 1, bool))
   with jax.enable_x64(True):
     values = {
       scale: float(
-        fourier.make_measure_fn(model, p, {"logit_scale": dict(scale=scale)})(*args)["logit_scale"]
+        jax.jit(fourier.make_measure_fn(model, p, {"logit_scale": dict(scale=scale)}))(*args)[
+          "logit_scale"
+        ]
       )
       for scale in (1.0, 3.0)
     }

@@ -102,10 +102,12 @@ def test_forward_reads_the_last_mlp():
 
   model = Transformer(10, 7, num_layers=2, width=16, num_heads=2)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 7, size=(5, 4)), jnp.int32)
-  params = model.init(jax.random.key(0), tokens)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
   out = fourier.forward(model, params, tokens)
   assert out.logits.shape == (5, 7) and out.neurons.shape == (5, 64) and out.w_l.shape == (64, 7)
-  np.testing.assert_allclose(out.logits, model.apply({"params": params}, tokens), atol=1e-6)
+  np.testing.assert_allclose(
+    out.logits, jax.jit(model.apply)({"params": params}, tokens), atol=1e-6
+  )
   w_out = params["Block_1"]["Dense_1"]["kernel"]
   c = np.eye(16) - 1 / 16
   gamma = np.diag(params["LayerNorm_0"]["scale"])
@@ -130,7 +132,7 @@ def _tiny_model(p=5, width=16):
   grid = fourier.make_grid(
     np.asarray(table.inputs), np.asarray(table.labels), np.ones(p * p, bool), p, 1
   )
-  params = model.init(jax.random.key(0), grid.inputs[:1])["params"]
+  params = jax.jit(model.init)(jax.random.key(0), grid.inputs[:1])["params"]
   return model, grid, params
 
 
@@ -160,8 +162,10 @@ def test_sharpness_against_a_direct_computation():
       jax.random.uniform(jax.random.key(seed), (dim, len(x0)), jnp.float64, -1, 1)
     )
 
+    apply = jax.jit(model.apply)  # one program for every corner, not one per operation
+
     def loss(x):
-      logits = np.asarray(model.apply({"params": unravel(jnp.asarray(x))}, grid.inputs), np.float64)
+      logits = np.asarray(apply({"params": unravel(jnp.asarray(x))}, grid.inputs), np.float64)
       logits = logits[:, :p] - logits[:, :p].max(1, keepdims=True)
       logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
       return -(logp[np.arange(p * p), grid.labels] * train_w).sum() / train_w.sum()

@@ -22,7 +22,7 @@ def _bits(tree) -> list[bytes]:
 @pytest.mark.parametrize("cls", [model.Transformer, model.OpenAIGrok])
 def test_dropout_is_openai_grok_ffn_dropout_and_off_by_default(cls):
   net = cls(10, 7, num_layers=2, width=16, num_heads=2)
-  params = net.init(jax.random.key(0), TOKENS)["params"]
+  params = jax.jit(net.init)(jax.random.key(0), TOKENS)["params"]
   apply = lambda **kw: net.apply({"params": params}, TOKENS, **kw)
   plain = apply()
   rngs = lambda seed: {"dropout": jax.random.key(seed)}
@@ -122,9 +122,9 @@ def test_weight_noise_takes_the_gradient_at_noisy_weights_and_updates_the_clean_
 def test_evaluation_is_deterministic_under_dropout(tiny):
   static, run, table = _program(tiny, **{"model.dropout": 0.5})
   assert "dropout" in [m.name for m in static.methods]
-  params = train.init_state(static, table, run).params
-  got = train.evaluate(static, table, run, params)
-  logits = static.model.apply({"params": params}, table.inputs[run.rows])  # no dropout
+  params = jax.jit(lambda t, r: train.init_state(static, t, r))(table, run).params
+  got = jax.jit(lambda t, r, p: train.evaluate(static, t, r, p))(table, run, params)
+  logits = jax.jit(static.model.apply)({"params": params}, table.inputs[run.rows])  # no dropout
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, table.labels[run.rows])
   val = np.asarray(run.valid & ~run.train_mask)
   np.testing.assert_allclose(got["val_loss"], np.asarray(loss)[val].mean(), rtol=1e-5)

@@ -103,9 +103,9 @@ def test_mlp_model():
   cfg.name, cfg.width = "mlp", 200
   model = make_model(cfg, 20, 7)
   tokens = jnp.array([[1, 7, 2, 8], [3, 7, 4, 8]])
-  params = model.init(jax.random.key(0), tokens)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
   assert params["Dense_0"]["kernel"].shape == (3 * 20, 200)
-  assert model.apply({"params": params}, tokens).shape == (2, 7)
+  assert jax.jit(model.apply)({"params": params}, tokens).shape == (2, 7)
 
 
 @pytest.mark.slow

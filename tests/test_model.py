@@ -25,9 +25,9 @@ def test_last_position_block_equals_full_causal_block():
   block_full = model_lib.Block(width=32, num_heads=4)
   block_last = model_lib.Block(width=32, num_heads=4, last_only=True)
   h = jax.random.normal(jax.random.key(1), (3, 4, 32))
-  params = block_full.init(jax.random.key(2), h)
-  full = block_full.apply(params, h)
-  last = block_last.apply(params, h)
+  params = jax.jit(block_full.init)(jax.random.key(2), h)
+  full = jax.jit(block_full.apply)(params, h)
+  last = jax.jit(block_last.apply)(params, h)
   assert last.shape == (3, 1, 32)
   np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
 
@@ -35,10 +35,10 @@ def test_last_position_block_equals_full_causal_block():
 def test_causal_mask_hides_later_positions():
   block = model_lib.Block(width=16, num_heads=2)
   h = jax.random.normal(jax.random.key(1), (1, 4, 16))
-  params = block.init(jax.random.key(2), h)
+  params = jax.jit(block.init)(jax.random.key(2), h)
   changed = h.at[:, 3].set(0.0)
   np.testing.assert_allclose(
-    block.apply(params, h)[:, :3], block.apply(params, changed)[:, :3], rtol=1e-6
+    jax.jit(block.apply)(params, h)[:, :3], jax.jit(block.apply)(params, changed)[:, :3], rtol=1e-6
   )
 
 
@@ -47,12 +47,12 @@ def test_answer_depends_on_both_operands():
   table = make_table("add", 7)
   cfg = default_config().model
   model = model_lib.make_model(cfg, table.vocab_size, table.n)
-  params = model.init(jax.random.key(0), table.inputs[:1])
+  params = jax.jit(model.init)(jax.random.key(0), table.inputs[:1])
   x = jnp.asarray(table.inputs[:1])
-  base = model.apply(params, x)
+  base = jax.jit(model.apply)(params, x)
   for pos in (0, 2):
     other = x.at[0, pos].set((x[0, pos] + 1) % 7)
-    assert not np.allclose(model.apply(params, other), base)
+    assert not np.allclose(jax.jit(model.apply)(params, other), base)
 
 
 def test_bad_model_configs():

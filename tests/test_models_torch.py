@@ -20,7 +20,7 @@ D, LAYERS, HEADS = 128, 2, 4  # openai/grok's defaults (grok/training.py)
 def _params(name, table, seed=0, **model):
   cfg = dict(dict(name=name, num_layers=LAYERS, width=D, num_heads=HEADS, init="flax"), **model)
   m = model_lib.make_model(cfg, table.vocab_size, table.n)
-  return m, m.init(jax.random.key(seed), jnp.asarray(table.inputs[:2]))["params"]
+  return m, jax.jit(m.init)(jax.random.key(seed), jnp.asarray(table.inputs[:2]))["params"]
 
 
 def _flat(params) -> dict[str, np.ndarray]:
@@ -97,7 +97,7 @@ def test_transformer_and_mlp_with_torch_init():
   mlp = model_lib.make_model(
     dict(name="mlp", num_layers=2, width=200, init="torch"), table.vocab_size, table.n
   )
-  p = _flat(mlp.init(jax.random.key(0), jnp.asarray(table.inputs[:2]))["params"])
+  p = _flat(jax.jit(mlp.init)(jax.random.key(0), jnp.asarray(table.inputs[:2]))["params"])
   assert p["Dense_0/kernel"].shape[0] == 3 * table.vocab_size
   for path, w in p.items():
     if path.endswith("kernel"):
@@ -138,8 +138,10 @@ def test_openai_grok_last_position_block_equals_full_block():
   full = model_lib.GrokBlock(width=32, num_heads=4)
   last = model_lib.GrokBlock(width=32, num_heads=4, last_only=True)
   h = jax.random.normal(jax.random.key(1), (3, 5, 32))
-  params = full.init(jax.random.key(2), h)
-  np.testing.assert_allclose(last.apply(params, h)[:, 0], full.apply(params, h)[:, -1], atol=1e-5)
+  params = jax.jit(full.init)(jax.random.key(2), h)
+  np.testing.assert_allclose(
+    jax.jit(last.apply)(params, h)[:, 0], jax.jit(full.apply)(params, h)[:, -1], atol=1e-5
+  )
 
 
 def test_bad_init_is_one_line():
@@ -295,14 +297,14 @@ def test_openai_grok_computes_what_openai_groks_torch_model_computes():
   ours = model_lib.OpenAIGrok(table.vocab_size, table.n, num_layers=2, width=32, num_heads=4)
   params = _port(ref, table.n, 4)
   want_shapes = jax.tree.map(
-    np.shape, ours.init(jax.random.key(0), jnp.asarray(table.inputs[:1]))["params"]
+    np.shape, jax.jit(ours.init)(jax.random.key(0), jnp.asarray(table.inputs[:1]))["params"]
   )
   assert jax.tree.map(np.shape, params) == want_shapes
   inputs = table.inputs[::7]
   seq = np.concatenate([np.full((len(inputs), 1), eos), inputs, table.labels[::7, None]], 1)
   with torch.no_grad():
     want = ref(torch.as_tensor(seq, dtype=torch.long))[:, 4, : table.n].numpy()
-  got = ours.apply({"params": params}, jnp.asarray(inputs))
+  got = jax.jit(ours.apply)({"params": params}, jnp.asarray(inputs))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 

@@ -45,7 +45,8 @@ def reference_forward(model, params, inputs):
   """float64 logits [p*p, C] and the last block's MLP activations [p*p, 4d]."""
   with jax.enable_x64(True):
     p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-    logits, state = model.apply({"params": p64}, jnp.asarray(inputs), capture_intermediates=True)
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, capture_intermediates=True))
+    logits, state = apply(p64, jnp.asarray(inputs))
     inter = state["intermediates"]
     last = max(k for k in inter if k.startswith("Block_"))
     pre = np.asarray(inter[last]["Dense_0"]["__call__"][0], np.float64)

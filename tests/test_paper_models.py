@@ -24,7 +24,12 @@ def _model(name, table, **keys):
 
 
 def _params(m, table, seed=0):
-  return m.init(jax.random.key(seed), table.inputs[:2])["params"]
+  return jax.jit(m.init)(jax.random.key(seed), table.inputs[:2])["params"]
+
+
+def _apply(m, params, inputs):
+  """The model's logits, one compiled program (not one per operation)."""
+  return jax.jit(m.apply)({"params": params}, inputs)
 
 
 # --- Prieto et al.'s MLP: no biases, one-hot x and y --------------------------------------------
@@ -56,7 +61,7 @@ def test_mlp_without_biases_has_none_and_matches_numpy():
   h = np.concatenate([np.eye(P)[x], np.eye(P)[y]], 1)  # cat(one_hot(x, p), one_hot(y, p))
   h = np.maximum(h @ w["Dense_0"], 0)
   want = np.maximum(h @ w["Dense_1"], 0) @ w["unembed"]
-  got = m.apply({"params": params}, table.inputs[rows])
+  got = _apply(m, params, table.inputs[rows])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -66,9 +71,7 @@ def test_mlp_x_y_reads_no_op_token():
   params = _params(m, table)
   other_op = table.inputs.copy()
   other_op[:, 1] = data.op_token("mul", table.n)
-  np.testing.assert_array_equal(
-    m.apply({"params": params}, table.inputs), m.apply({"params": params}, other_op)
-  )
+  np.testing.assert_array_equal(_apply(m, params, table.inputs), _apply(m, params, other_op))
 
 
 def test_mlp_defaults_are_todays():
@@ -90,7 +93,7 @@ def test_mlp_defaults_are_todays():
   a, b = _params(old, table), _params(m, table)
   for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(u, w)
-  np.testing.assert_array_equal(old.apply({"params": a}, x), m.apply({"params": b}, x))
+  np.testing.assert_array_equal(_apply(old, a, x), _apply(m, b, x))
 
 
 class OldMLP(nn.Module):
@@ -156,7 +159,7 @@ def test_nanda_shapes_count_and_no_layernorm():
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    logits = m.apply({"params": params}, table.inputs[:5])
+    logits = _apply(m, params, table.inputs[:5])
   assert "LayerNorm" not in called and "Dense" in called
   assert logits.shape == (5, P + 1)  # d_vocab logits, as their loss takes them
 
@@ -217,7 +220,7 @@ def test_nanda_forward_matches_their_formulas():
   params = jax.tree.map(lambda x: 3 * x + 0.1, params)
   rows = np.arange(0, len(table.labels), 7)
   tokens = np.stack([table.inputs[rows, 0], table.inputs[rows, 2], np.full(len(rows), 31)], 1)
-  got = m.apply({"params": params}, table.inputs[rows])
+  got = _apply(m, params, table.inputs[rows])
   np.testing.assert_allclose(got, nanda_numpy(params, tokens), rtol=2e-4, atol=2e-4)
 
 
@@ -227,9 +230,7 @@ def test_nanda_reads_x_y_equals_only():
   params = _params(m, table)
   other = table.inputs.copy()
   other[:, 1] = data.op_token("sub", table.n)
-  np.testing.assert_array_equal(
-    m.apply({"params": params}, table.inputs), m.apply({"params": params}, other)
-  )
+  np.testing.assert_array_equal(_apply(m, params, table.inputs), _apply(m, params, other))
 
 
 def test_progress_measures_read_nanda():

@@ -205,5 +205,5 @@ def test_a_model_declares_its_keys(scratch, tiny):
 
   scratch.register(registry.Model("linear", (WIDTH,), Linear))
   s = plan.build(tiny(**{"model.name": "linear"}))
-  params = s.model(0).init(jax.random.key(0), jnp.asarray(s.table.inputs[:2]))["params"]
+  params = jax.jit(s.model(0).init)(jax.random.key(0), jnp.asarray(s.table.inputs[:2]))["params"]
   assert params["Embed_0"]["embedding"].shape == (s.table.vocab_size, 32)

@@ -25,6 +25,15 @@ def _initial_run(s, prog, table, k):
   return _subset(runs, k), jax.tree.map(lambda x: x[k], init(table, runs).params)
 
 
+def _evaluate(static, table, run, params, float64=False):
+  """train.evaluate compiled as one program (run op by op, each operation compiles)."""
+  return jax.jit(lambda t, r, p: train.evaluate(static, t, r, p, float64))(table, run, params)
+
+
+def _logits(model, params, inputs):
+  return jax.jit(model.apply)({"params": params}, inputs)
+
+
 @pytest.mark.slow
 def test_run_of_a_batched_sweep_equals_the_run_alone(tiny):
   # Different fractions (so different batch sizes), seeds and learning rates; one run
@@ -148,8 +157,8 @@ def test_evaluation_matches_a_direct_computation(tiny):
   s, prog, table = _setup(tiny())
   model, static = prog.static.model, prog.static._replace(eval_batch=16)
   run, params = _initial_run(s, prog, table, 1)
-  m = train.evaluate(static, table, run, params)  # 49 rows in blocks of 16: padded
-  logits = model.apply({"params": params}, table.inputs)
+  m = _evaluate(static, table, run, params)  # 49 rows in blocks of 16: padded
+  logits = _logits(model, params, table.inputs)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, table.labels)
   mask = np.asarray(run.train_mask)
   np.testing.assert_allclose(m["train_loss"], loss[mask].mean(), rtol=1e-5)
@@ -168,7 +177,7 @@ def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
   labels = np.asarray(table.labels)
   # Scale the logits (the unembedding) so the train example the model is surest of
   # has a margin of 25: exp(-25) ~ 1e-11 vanishes next to 1 in float32, not in float64.
-  logits = np.asarray(model.apply({"params": params}, table.inputs))
+  logits = np.asarray(_logits(model, params, table.inputs))
   top2 = np.sort(logits, -1)[:, -2:]
   right = mask & (logits.argmax(-1) == labels)
   assert right.any()
@@ -176,13 +185,11 @@ def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
   params["unembed"] = jax.tree.map(lambda w: scale * w, params["unembed"])
 
   with jax.enable_x64(True):
-    m = train.evaluate(static, table, run, params, float64=True)
-  logits32 = model.apply({"params": params}, table.inputs)
+    m = _evaluate(static, table, run, params, float64=True)
+  logits32 = _logits(model, params, table.inputs)
   loss32 = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits32, labels))
   with jax.enable_x64(True):
-    logits = model.apply(
-      {"params": jax.tree.map(lambda w: w.astype(np.float64), params)}, table.inputs
-    )
+    logits = _logits(model, jax.tree.map(lambda w: w.astype(np.float64), params), table.inputs)
     logits = np.asarray(logits)
   assert logits.dtype == np.float64
   shifted = logits - logits.max(-1, keepdims=True)
