@@ -91,7 +91,7 @@ def _program(tiny, **overrides):
 def test_weight_noise_takes_the_gradient_at_noisy_weights_and_updates_the_clean_ones(tiny):
   static, run, table = _program(tiny, **{"method.weight_noise": 0.05})
   assert "weight_noise" in [m.name for m in static.methods]
-  state = train.init_state(static, table, run)
+  state = jax.jit(lambda t, r: train.init_state(static, t, r))(table, run)
   got = jax.jit(lambda s: train.train_step(static, table, run, s))(state).params
 
   plain = static._replace(methods=tuple(m for m in static.methods if m.name != "weight_noise"))
@@ -109,9 +109,8 @@ def test_weight_noise_takes_the_gradient_at_noisy_weights_and_updates_the_clean_
     return optax.apply_updates(state.params, updates)
 
   key = train.method_key(run.seed, 0, "weight_noise")
-  noisy = jax.tree.map(
-    lambda p, n: p + 0.05 * n, state.params, optim.gaussian_like(key, state.params)
-  )
+  noise = jax.jit(optim.gaussian_like)(key, state.params)
+  noisy = jax.jit(lambda p, n: jax.tree.map(lambda p, n: p + 0.05 * n, p, n))(state.params, noise)
   want = jax.jit(by_hand)(noisy)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
