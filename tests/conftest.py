@@ -66,38 +66,24 @@ def tiny():
   return tiny_config
 
 
-def _shares_a_fixture(item) -> bool:
-  """Whether the test uses a module- or session-scoped fixture of its own file (built
-  once per worker: the file's tests then stay on one)."""
-  return any(
-    d.scope in ("module", "session") and item.nodeid.startswith(d.baseid + "::")
-    for defs in item._fixtureinfo.name2fixturedefs.values()
-    for d in defs
-  )
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-  """How the tests spread over pytest-xdist's workers (``--dist loadgroup``): the tests
-  of a file that share a fixture stay together (test_docs.py per doc page: a page's
-  commands build on each other), test_golden.py goes per config, every other test on its
-  own; and the groups that hold a slow test start first, so that no long test starts
-  last while the other worker has nothing left (the two workers finish together)."""
-  groups = {}
+  """Which tests share a worker under pytest-xdist (``--dist loadgroup``): a file's
+  tests stay together (they share module fixtures), but the long files are split:
+  test_docs.py per doc page (a page's commands build on each other),
+  test_golden.py per config and test_bench.py per test (no shared fixtures: the
+  gpu_check dry run, the bench time limit), so two workers finish together."""
   for item in items:
     name = item.path.name
     if name == "test_docs.py" and hasattr(item, "callspec"):
       group = "docs:" + item.callspec.id.split(":")[0]
     elif name == "test_golden.py" and hasattr(item, "callspec"):
       group = "golden:" + item.callspec.id
-    elif _shares_a_fixture(item):
-      group = name
+    elif name == "test_bench.py":
+      group = "bench:" + item.name
     else:
-      group = item.nodeid
-    groups[item] = group
+      group = name
     item.add_marker(pytest.mark.xdist_group(group))
-  slow = {groups[item] for item in items if item.get_closest_marker("slow")}
-  items.sort(key=lambda item: groups[item] not in slow)  # stable: files keep their order
 
 
 def pytest_terminal_summary(terminalreporter):
