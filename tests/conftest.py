@@ -33,8 +33,12 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tiny_config as tiny_config_module  # noqa: E402  (tests/ is on sys.path)
+
+from grokjax import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,6 +51,28 @@ def run_script(name: str, *args, timeout: int = 120) -> subprocess.CompletedProc
     text=True,
     timeout=timeout,
   )
+
+
+def leaf_bytes(tree) -> list[bytes]:
+  """Every leaf's bytes: two trees with equal lists are equal bit for bit."""
+  return [np.asarray(x).tobytes() for x in jax.tree.leaves(tree)]
+
+
+# Models, evaluation and initial states as ONE compiled program each: called outside jit,
+# JAX compiles every operation on its own, which costs the suite minutes.
+
+
+def logits_of(model, params, inputs):
+  return jax.jit(model.apply)({"params": params}, inputs)
+
+
+def evaluated(static, table, run, params, float64=False) -> dict:
+  """``train.evaluate`` (with ``float64``, call it under ``jax.enable_x64(True)``)."""
+  return jax.jit(lambda t, r, p: train.evaluate(static, t, r, p, float64))(table, run, params)
+
+
+def initial_state(static, table, run):
+  return jax.jit(lambda t, r: train.init_state(static, t, r))(table, run)
 
 
 def tiny_config(**overrides):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import logits_of, tiny_config
 
 from grokjax import config as config_lib
 from grokjax import fourier, interp, plots, report, rundir
@@ -105,9 +105,7 @@ def test_forward_reads_the_last_mlp():
   params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
   out = fourier.forward(model, params, tokens)
   assert out.logits.shape == (5, 7) and out.neurons.shape == (5, 64) and out.w_l.shape == (64, 7)
-  np.testing.assert_allclose(
-    out.logits, jax.jit(model.apply)({"params": params}, tokens), atol=1e-6
-  )
+  np.testing.assert_allclose(out.logits, logits_of(model, params, tokens), atol=1e-6)
   w_out = params["Block_1"]["Dense_1"]["kernel"]
   c = np.eye(16) - 1 / 16
   gamma = np.diag(params["LayerNorm_0"]["scale"])

@@ -8,15 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import evaluated, initial_state, leaf_bytes, logits_of
 
 from grokjax import logs, model, optim, plan, rundir, sweep, train
 from grokjax.errors import UserError
 
 TOKENS = jnp.array([[1, 7, 2, 8], [3, 7, 4, 8], [5, 7, 6, 8]])
-
-
-def _bits(tree) -> list[bytes]:
-  return [np.asarray(x).tobytes() for x in jax.tree.leaves(tree)]
 
 
 @pytest.mark.parametrize("cls", [model.Transformer, model.OpenAIGrok])
@@ -32,7 +29,8 @@ def test_dropout_is_openai_grok_ffn_dropout_and_off_by_default(cls):
   np.testing.assert_allclose(zero, plain, rtol=1e-6, atol=1e-6)
   on = apply(dropout=jnp.float32(0.5), rngs=rngs(1))
   assert not np.allclose(on, plain)
-  assert _bits(apply(dropout=jnp.float32(0.5), rngs=rngs(1))) == _bits(on)  # the key decides
+  again = apply(dropout=jnp.float32(0.5), rngs=rngs(1))
+  assert leaf_bytes(again) == leaf_bytes(on)  # the key decides
   assert not np.allclose(apply(dropout=jnp.float32(0.5), rngs=rngs(2)), on)
 
 
@@ -55,7 +53,7 @@ def test_dropout_zeroes_a_fraction_and_rescales_the_rest():
 def test_gaussian_noise_is_the_identity_at_zero_and_a_function_of_the_key():
   tree = {"a": jnp.arange(6.0).reshape(2, 3), "b": {"c": -jnp.zeros(4)}}
   key = jax.random.key(3)
-  assert _bits(optim.add_gaussian(tree, key, jnp.float32(0.0))) == _bits(tree)
+  assert leaf_bytes(optim.add_gaussian(tree, key, jnp.float32(0.0))) == leaf_bytes(tree)
   noisy = optim.add_gaussian(tree, key, 0.1)
   assert not np.allclose(noisy["a"], tree["a"])
   # Batched over keys (a sweep's runs), each run gets what it gets alone.
@@ -63,7 +61,7 @@ def test_gaussian_noise_is_the_identity_at_zero_and_a_function_of_the_key():
   batched = jax.vmap(lambda k: optim.add_gaussian(tree, k, 0.1))(keys)
   for i in range(3):
     alone = optim.add_gaussian(tree, keys[i], 0.1)
-    assert _bits(jax.tree.map(lambda x, i=i: x[i], batched)) == _bits(alone)
+    assert leaf_bytes(jax.tree.map(lambda x, i=i: x[i], batched)) == leaf_bytes(alone)
 
 
 def test_update_noise_is_openai_grok_noise_factor():
@@ -77,7 +75,7 @@ def test_update_noise_is_openai_grok_noise_factor():
     assert abs(np.mean(out["w"])) < 0.01 * want
   tx = optim.update_noise(jnp.float32(0.0), jax.random.key(0), 0, b1=0.9)
   direction = {"w": jax.random.normal(jax.random.key(1), (3, 4))}
-  assert _bits(tx.update(direction, tx.init(direction))[0]) == _bits(direction)
+  assert leaf_bytes(tx.update(direction, tx.init(direction))[0]) == leaf_bytes(direction)
 
 
 def _program(tiny, **overrides):
@@ -91,7 +89,7 @@ def _program(tiny, **overrides):
 def test_weight_noise_takes_the_gradient_at_noisy_weights_and_updates_the_clean_ones(tiny):
   static, run, table = _program(tiny, **{"method.weight_noise": 0.05})
   assert "weight_noise" in [m.name for m in static.methods]
-  state = jax.jit(lambda t, r: train.init_state(static, t, r))(table, run)
+  state = initial_state(static, table, run)
   got = jax.jit(lambda s: train.train_step(static, table, run, s))(state).params
 
   plain = static._replace(methods=tuple(m for m in static.methods if m.name != "weight_noise"))
@@ -121,9 +119,9 @@ def test_weight_noise_takes_the_gradient_at_noisy_weights_and_updates_the_clean_
 def test_evaluation_is_deterministic_under_dropout(tiny):
   static, run, table = _program(tiny, **{"model.dropout": 0.5})
   assert "dropout" in [m.name for m in static.methods]
-  params = jax.jit(lambda t, r: train.init_state(static, t, r))(table, run).params
-  got = jax.jit(lambda t, r, p: train.evaluate(static, t, r, p))(table, run, params)
-  logits = jax.jit(static.model.apply)({"params": params}, table.inputs[run.rows])  # no dropout
+  params = initial_state(static, table, run).params
+  got = evaluated(static, table, run, params)
+  logits = logits_of(static.model, params, table.inputs[run.rows])  # no dropout
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, table.labels[run.rows])
   val = np.asarray(run.valid & ~run.train_mask)
   np.testing.assert_allclose(got["val_loss"], np.asarray(loss)[val].mean(), rtol=1e-5)

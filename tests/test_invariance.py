@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import leaf_bytes
 
 from grokjax import layout, logs, plan, rundir, sweep
 
@@ -24,10 +25,6 @@ def _quick(seeds):
   cfg.steps, cfg.eval_points, cfg.checkpoint_every = 100, 4, 100
   cfg.sweep.seeds = seeds
   return cfg
-
-
-def _bits(tree) -> list[bytes]:
-  return [np.asarray(x).tobytes() for x in jax.tree.leaves(tree)]
 
 
 @pytest.mark.slow
@@ -51,7 +48,7 @@ def test_seed_1_equals_itself_alone(tmp_path):
   # A loss that moved at all: Adam's spikes amplify any difference in the last bit.
   assert ref[-1]["train_loss"][0] < 0.5 * ref[0]["train_loss"][0]
   params = {name: rundir.load(w).params()[k] for name, (w, k) in workdirs.items()}
-  assert _bits(params["three"]) == _bits(params["alone"])
+  assert leaf_bytes(params["three"]) == leaf_bytes(params["alone"])
 
 
 @pytest.mark.slow
@@ -69,6 +66,6 @@ def test_position_in_a_group_and_padding_change_no_bit(tiny):
     sub = jax.tree.map(lambda x, o=order: x[np.asarray(o)], runs)
     states, metrics = chunk(s.table, sub, init(s.table, sub), 30)
     for j, k in enumerate(order):
-      bits = _bits(jax.tree.map(lambda x, j=j: x[j], (states, metrics)))
+      bits = leaf_bytes(jax.tree.map(lambda x, j=j: x[j], (states, metrics)))
       assert got.setdefault(k, bits) == bits, (order, k)
   assert chunk._jit._cache_size() == 1  # one compiled chunk for K = 3 and K = 1

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import logits_of
 
 from grokjax import config, logs, losses, optim, plan, registry, report, sweep
 from grokjax.config import default_config
@@ -105,7 +106,7 @@ def test_mlp_model():
   tokens = jnp.array([[1, 7, 2, 8], [3, 7, 4, 8]])
   params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
   assert params["Dense_0"]["kernel"].shape == (3 * 20, 200)
-  assert jax.jit(model.apply)({"params": params}, tokens).shape == (2, 7)
+  assert logits_of(model, params, tokens).shape == (2, 7)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import logits_of
 
 from grokjax import config, logs, plan, sweep
 from grokjax import model as model_lib
@@ -304,7 +305,7 @@ def test_openai_grok_computes_what_openai_groks_torch_model_computes():
   seq = np.concatenate([np.full((len(inputs), 1), eos), inputs, table.labels[::7, None]], 1)
   with torch.no_grad():
     want = ref(torch.as_tensor(seq, dtype=torch.long))[:, 4, : table.n].numpy()
-  got = jax.jit(ours.apply)({"params": params}, jnp.asarray(inputs))
+  got = logits_of(ours, params, jnp.asarray(inputs))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 

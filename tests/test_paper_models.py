@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import tiny_config
+from conftest import logits_of, tiny_config
 
 from grokjax import config, data, fourier, interp, losses, optim, plan, registry, rundir, sweep
 from grokjax.errors import UserError
@@ -25,11 +25,6 @@ def _model(name, table, **keys):
 
 def _params(m, table, seed=0):
   return jax.jit(m.init)(jax.random.key(seed), table.inputs[:2])["params"]
-
-
-def _apply(m, params, inputs):
-  """The model's logits, one compiled program (not one per operation)."""
-  return jax.jit(m.apply)({"params": params}, inputs)
 
 
 # --- Prieto et al.'s MLP: no biases, one-hot x and y --------------------------------------------
@@ -61,7 +56,7 @@ def test_mlp_without_biases_has_none_and_matches_numpy():
   h = np.concatenate([np.eye(P)[x], np.eye(P)[y]], 1)  # cat(one_hot(x, p), one_hot(y, p))
   h = np.maximum(h @ w["Dense_0"], 0)
   want = np.maximum(h @ w["Dense_1"], 0) @ w["unembed"]
-  got = _apply(m, params, table.inputs[rows])
+  got = logits_of(m, params, table.inputs[rows])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -71,7 +66,7 @@ def test_mlp_x_y_reads_no_op_token():
   params = _params(m, table)
   other_op = table.inputs.copy()
   other_op[:, 1] = data.op_token("mul", table.n)
-  np.testing.assert_array_equal(_apply(m, params, table.inputs), _apply(m, params, other_op))
+  np.testing.assert_array_equal(logits_of(m, params, table.inputs), logits_of(m, params, other_op))
 
 
 def test_mlp_defaults_are_todays():
@@ -93,7 +88,7 @@ def test_mlp_defaults_are_todays():
   a, b = _params(old, table), _params(m, table)
   for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(u, w)
-  np.testing.assert_array_equal(_apply(old, a, x), _apply(m, b, x))
+  np.testing.assert_array_equal(logits_of(old, a, x), logits_of(m, b, x))
 
 
 class OldMLP(nn.Module):
@@ -159,7 +154,7 @@ def test_nanda_shapes_count_and_no_layernorm():
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    logits = _apply(m, params, table.inputs[:5])
+    logits = logits_of(m, params, table.inputs[:5])
   assert "LayerNorm" not in called and "Dense" in called
   assert logits.shape == (5, P + 1)  # d_vocab logits, as their loss takes them
 
@@ -220,7 +215,7 @@ def test_nanda_forward_matches_their_formulas():
   params = jax.tree.map(lambda x: 3 * x + 0.1, params)
   rows = np.arange(0, len(table.labels), 7)
   tokens = np.stack([table.inputs[rows, 0], table.inputs[rows, 2], np.full(len(rows), 31)], 1)
-  got = _apply(m, params, table.inputs[rows])
+  got = logits_of(m, params, table.inputs[rows])
   np.testing.assert_allclose(got, nanda_numpy(params, tokens), rtol=2e-4, atol=2e-4)
 
 
@@ -230,7 +225,7 @@ def test_nanda_reads_x_y_equals_only():
   params = _params(m, table)
   other = table.inputs.copy()
   other[:, 1] = data.op_token("sub", table.n)
-  np.testing.assert_array_equal(_apply(m, params, table.inputs), _apply(m, params, other))
+  np.testing.assert_array_equal(logits_of(m, params, table.inputs), logits_of(m, params, other))
 
 
 def test_progress_measures_read_nanda():

@@ -10,9 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
+from conftest import leaf_bytes
 
 from grokjax import logs, rundir, sweep
 
@@ -63,10 +62,6 @@ def single(tmp_path_factory):
   return sweep.run_sweep(_three_runs(tiny_config, steps=60), workdir, progress=False)
 
 
-def _bits(tree) -> list[bytes]:
-  return [np.asarray(x).tobytes() for x in jax.tree.leaves(tree)]
-
-
 @pytest.mark.slow
 def test_sharded_sweep_equals_unsharded(tmp_path, tiny, single):
   # 60 steps on one device; on 4 devices, resumed there after 40; and 40 steps on one
@@ -107,9 +102,9 @@ def test_sharded_sweep_equals_unsharded(tmp_path, tiny, single):
     assert ra == {m: v if m == "step" else v[1:2] for m, v in rb.items()}, ra["step"]
   # A loss that moved at all: Adam's spikes amplify any difference in the last bit.
   assert ref[-1]["train_loss"][1] < 0.5 * ref[0]["train_loss"][1]
-  want = _bits(rundir.load(single).params()[1])
+  want = leaf_bytes(rundir.load(single).params()[1])
   for workdir, k in ((tmp_path / "sharded", 1), (tmp_path / "grow", 1), (alone, 0)):
-    assert _bits(rundir.load(workdir).params()[k]) == want, workdir.name
+    assert leaf_bytes(rundir.load(workdir).params()[k]) == want, workdir.name
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import evaluated, logits_of
 
 from grokjax import config, devices, layout, optim, plan, registry, train
 
@@ -23,15 +24,6 @@ def _initial_run(s, prog, table, k):
   runs = plan.run_arrays(s, prog)
   init, _ = devices.sweep_fns(s)[0]
   return _subset(runs, k), jax.tree.map(lambda x: x[k], init(table, runs).params)
-
-
-def _evaluate(static, table, run, params, float64=False):
-  """train.evaluate compiled as one program (run op by op, each operation compiles)."""
-  return jax.jit(lambda t, r, p: train.evaluate(static, t, r, p, float64))(table, run, params)
-
-
-def _logits(model, params, inputs):
-  return jax.jit(model.apply)({"params": params}, inputs)
 
 
 @pytest.mark.slow
@@ -157,8 +149,8 @@ def test_evaluation_matches_a_direct_computation(tiny):
   s, prog, table = _setup(tiny())
   model, static = prog.static.model, prog.static._replace(eval_batch=16)
   run, params = _initial_run(s, prog, table, 1)
-  m = _evaluate(static, table, run, params)  # 49 rows in blocks of 16: padded
-  logits = _logits(model, params, table.inputs)
+  m = evaluated(static, table, run, params)  # 49 rows in blocks of 16: padded
+  logits = logits_of(model, params, table.inputs)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, table.labels)
   mask = np.asarray(run.train_mask)
   np.testing.assert_allclose(m["train_loss"], loss[mask].mean(), rtol=1e-5)
@@ -177,7 +169,7 @@ def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
   labels = np.asarray(table.labels)
   # Scale the logits (the unembedding) so the train example the model is surest of
   # has a margin of 25: exp(-25) ~ 1e-11 vanishes next to 1 in float32, not in float64.
-  logits = np.asarray(_logits(model, params, table.inputs))
+  logits = np.asarray(logits_of(model, params, table.inputs))
   top2 = np.sort(logits, -1)[:, -2:]
   right = mask & (logits.argmax(-1) == labels)
   assert right.any()
@@ -185,11 +177,11 @@ def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
   params["unembed"] = jax.tree.map(lambda w: scale * w, params["unembed"])
 
   with jax.enable_x64(True):
-    m = _evaluate(static, table, run, params, float64=True)
-  logits32 = _logits(model, params, table.inputs)
+    m = evaluated(static, table, run, params, float64=True)
+  logits32 = logits_of(model, params, table.inputs)
   loss32 = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits32, labels))
   with jax.enable_x64(True):
-    logits = _logits(model, jax.tree.map(lambda w: w.astype(np.float64), params), table.inputs)
+    logits = logits_of(model, jax.tree.map(lambda w: w.astype(np.float64), params), table.inputs)
     logits = np.asarray(logits)
   assert logits.dtype == np.float64
   shifted = logits - logits.max(-1, keepdims=True)
