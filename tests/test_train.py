@@ -193,7 +193,7 @@ def test_float64_evaluation_sees_the_loss_that_float32_rounds_to_zero(tiny):
   np.testing.assert_allclose(m["val_loss"], loss64[~mask].mean(), rtol=1e-9)
   np.testing.assert_allclose(m["train_collapse"], collapsed[mask].mean(), rtol=1e-9)
   np.testing.assert_allclose(m["val_collapse"], collapsed[~mask].mean(), rtol=1e-9)
-  assert "train_collapse" not in train.evaluate(static, table, run, params)
+  assert "train_collapse" not in evaluated(static, table, run, params)
 
 
 def _adamw(cfg, lr, weight_decay):
